@@ -1,0 +1,193 @@
+"""NITRO-D layers (spec section 2). Every value is an integer; narrowing only by explicit saturation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..engine import array_module, conv2d, conv2d_weight_grad, isqrt, matmul, saturate, trunc_div
+from ..errors import NitroError
+
+# Mean correction of NITRO-ReLU for each negative slope (spec section 2).
+RELU_MEAN_CORRECTION = {3: 31, 4: 36, 5: 38, 7: 40, 8: 42, 10: 43, 15: 44, 16: 44, 20: 45}
+# Scaling denominator: 2^8 per input feature.
+SCALE_PER_FAN_IN = 2**8
+MAX_INIT_BOUND = 64
+
+
+class LayerInputError(NitroError, ValueError):
+    """An array of the wrong dtype or shape reached a layer."""
+
+
+def check_input(x: Any, name: str, ndim: int, features: tuple[int, ...]) -> None:
+    """Refuse non-integer arrays and shapes that do not match the layer, naming the layer."""
+    if not np.issubdtype(x.dtype, np.integer):
+        raise LayerInputError(f"{name}: expected an integer array, got dtype {x.dtype}")
+    if x.ndim != ndim or tuple(x.shape[1:]) != features:
+        expected = "[N, " + ", ".join(map(str, features)) + "]"
+        raise LayerInputError(f"{name}: expected input of shape {expected}, got {list(x.shape)}")
+
+
+def kaiming_bound(fan_in: int) -> int:
+    """Integer Kaiming-uniform bound for leaky ReLU (spec section 4.5), capped at 64."""
+    return min(MAX_INIT_BOUND, (1372 * 128 * 1732) // (isqrt(fan_in) * 10**6))
+
+
+def init_weight(shape: tuple[int, ...], fan_in: int, rng: np.random.Generator) -> np.ndarray:
+    bound = kaiming_bound(fan_in)
+    return rng.integers(-bound, bound + 1, size=shape, dtype=np.int64).astype(np.int32)
+
+
+class IntegerLinear:
+    """y = x @ W.T (+ b), W int32 [out, in]; products exact in int64."""
+
+    def __init__(self, name: str, in_features: int, out_features: int, rng: np.random.Generator,
+                 xp: ModuleType = np, bias: bool = False) -> None:
+        self.name = name
+        self.in_features, self.out_features = in_features, out_features
+        self.fan_in = in_features
+        self.weight = xp.asarray(init_weight((out_features, in_features), in_features, rng))
+        self.bias = xp.zeros(out_features, dtype=np.int32) if bias else None
+
+    def forward(self, x: Any) -> Any:
+        check_input(x, self.name, 2, (self.in_features,))
+        y = matmul(x, self.weight.T)
+        return y if self.bias is None else y + self.bias
+
+    def weight_grad(self, x: Any, delta: Any) -> Any:
+        """delta.T @ x: the gradient of the weight for the error `delta` [N, out]."""
+        return matmul(delta.T, x)
+
+    def input_error(self, delta: Any) -> Any:
+        """delta @ W: the error sent back to the layer's input."""
+        return matmul(delta, self.weight)
+
+
+class IntegerConv2d:
+    """3x3 cross-correlation, stride 1, zero padding 1; W int32 [out, in, 3, 3]."""
+
+    kernel = 3
+    padding = 1
+
+    def __init__(self, name: str, in_channels: int, out_channels: int, rng: np.random.Generator,
+                 xp: ModuleType = np, bias: bool = False) -> None:
+        self.name = name
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.fan_in = in_channels * self.kernel * self.kernel
+        shape = (out_channels, in_channels, self.kernel, self.kernel)
+        self.weight = xp.asarray(init_weight(shape, self.fan_in, rng))
+        self.bias = xp.zeros(out_channels, dtype=np.int32) if bias else None
+
+    def forward(self, x: Any) -> Any:
+        if not np.issubdtype(x.dtype, np.integer) or x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise LayerInputError(
+                f"{self.name}: expected an integer array [N, {self.in_channels}, H, W], "
+                f"got dtype {x.dtype} shape {list(x.shape)}"
+            )
+        y = conv2d(x, self.weight, padding=self.padding)
+        return y if self.bias is None else y + self.bias[None, :, None, None]
+
+    def weight_grad(self, x: Any, delta: Any) -> Any:
+        return conv2d_weight_grad(x, delta, (self.kernel, self.kernel), self.padding)
+
+
+def scaling(x: Any, fan_in: int) -> Any:
+    """NITRO Scaling: clip(trunc(x / (2^8 * fan_in)), -127, 127) as int8; its backward is the identity."""
+    return saturate(trunc_div(x, SCALE_PER_FAN_IN * fan_in), -127, 127, np.int8)
+
+
+def nitro_relu(x: Any, slope: int = 4) -> Any:
+    """Mean-centred integer leaky ReLU: clip(x, 0, 127) + trunc(clip(x, -127, 0) / slope) - correction."""
+    if slope not in RELU_MEAN_CORRECTION:
+        raise ValueError(f"NITRO-ReLU slope {slope} has no mean correction; use one of "
+                         f"{sorted(RELU_MEAN_CORRECTION)}")
+    xp = array_module(x)
+    x16 = x.astype(np.int16)
+    y = xp.clip(x16, 0, 127) + trunc_div(xp.clip(x16, -127, 0), slope) - RELU_MEAN_CORRECTION[slope]
+    return y.astype(np.int8)
+
+
+def nitro_relu_backward(x: Any, delta: Any, slope: int = 4) -> Any:
+    """trunc(delta / g): g = 1 on [0, 127), g = slope on [-127, 0); zero error where the input saturated."""
+    xp = array_module(x)
+    x = x.astype(np.int16)
+    positive = (x >= 0) & (x < 127)
+    negative = (x >= -127) & (x < 0)
+    return xp.where(positive, delta, xp.where(negative, trunc_div(delta, slope), 0))
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """A max-pool window (kernel = stride) with symmetric padding that never wins the max."""
+
+    kh: int
+    kw: int
+    ph: int = 0
+    pw: int = 0
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        return (h + 2 * self.ph - self.kh) // self.kh + 1, (w + 2 * self.pw - self.kw) // self.kw + 1
+
+
+def maxpool2d(x: Any, geom: PoolGeometry) -> tuple[Any, Any]:
+    """Max over non-overlapping windows; returns the output and the index of each window's first maximum.
+
+    Rows and columns that do not fill a whole window are dropped (floor mode), as in PyTorch.
+    """
+    xp = array_module(x)
+    dtype = x.dtype
+    n, c, h, w = x.shape
+    oh, ow = geom.out_size(h, w)
+    if oh < 1 or ow < 1:
+        raise LayerInputError(f"max-pool {geom} does not fit a {h}x{w} feature map")
+    if geom.ph or geom.pw:
+        # The padding value sits below any int8/int16 value, so it never wins (the reference wrapped it).
+        low = np.iinfo(np.int32).min
+        x = xp.pad(x.astype(np.int32), ((0, 0), (0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw)),
+                   constant_values=low)
+    windows = _windows(x[:, :, : oh * geom.kh, : ow * geom.kw], geom, oh, ow)
+    index = windows.argmax(axis=-1)
+    out = xp.take_along_axis(windows, index[..., None], axis=-1)[..., 0]
+    return out.astype(dtype, copy=False), index
+
+
+def maxpool2d_backward(delta: Any, index: Any, geom: PoolGeometry, in_hw: tuple[int, int]) -> Any:
+    """Route each window's error to its first maximum; every other input position gets zero."""
+    xp = array_module(delta)
+    n, c, oh, ow = delta.shape
+    h, w = in_hw
+    windows = xp.zeros((n, c, oh, ow, geom.kh * geom.kw), dtype=delta.dtype)
+    xp.put_along_axis(windows, index[..., None], delta[..., None], axis=-1)
+    grid = windows.reshape(n, c, oh, ow, geom.kh, geom.kw).transpose(0, 1, 2, 4, 3, 5)
+    grid = grid.reshape(n, c, oh * geom.kh, ow * geom.kw)
+    full = xp.zeros((n, c, h + 2 * geom.ph, w + 2 * geom.pw), dtype=delta.dtype)
+    full[:, :, : oh * geom.kh, : ow * geom.kw] = grid
+    return full[:, :, geom.ph : geom.ph + h, geom.pw : geom.pw + w]
+
+
+def _windows(x: Any, geom: PoolGeometry, oh: int, ow: int) -> Any:
+    n, c = x.shape[:2]
+    v = x.reshape(n, c, oh, geom.kh, ow, geom.kw).transpose(0, 1, 2, 4, 3, 5)
+    return v.reshape(n, c, oh, ow, geom.kh * geom.kw)
+
+
+def dropout_scale(p: float) -> int:
+    """Integer rescaling factor r = floor(1000 / (1 - p)) (0.1 -> 1111, 0.15 -> 1176)."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    return math.floor(1000 / (1 - Fraction(str(p))))
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator) -> np.ndarray:
+    """Keep mask (1 = kept) drawn on the host so CPU and GPU runs match."""
+    return (rng.random(shape) >= p).astype(np.int8)
+
+
+def dropout(x: Any, mask: Any, r: int) -> Any:
+    """trunc(x * mask * r / 1000), widened to int32 (it can exceed int8); the backward uses the same form."""
+    return trunc_div(x.astype(np.int32) * mask * r, 1000)
