@@ -17,7 +17,7 @@ from .layers import (
     nitro_relu_backward,
     scaling,
 )
-from .model import EvalResult, LocalBlock, NitroNet, StepResult, head_pool_geometry
+from .model import EvalResult, LocalBlock, NitroNet, StepResult, head_pool_geometry, output_error
 
 __all__ = [
     "MODEL_PRESETS",
@@ -42,5 +42,6 @@ __all__ = [
     "maxpool2d_backward",
     "nitro_relu",
     "nitro_relu_backward",
+    "output_error",
     "scaling",
 ]

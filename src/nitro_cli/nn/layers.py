@@ -10,7 +10,17 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import array_module, conv2d, conv2d_weight_grad, isqrt, matmul, saturate, trunc_div
+from ..engine import (
+    IntegerOverflowError,
+    array_module,
+    conv2d,
+    conv2d_weight_grad,
+    isqrt,
+    matmul,
+    max_abs,
+    saturate,
+    trunc_div,
+)
 from ..errors import NitroError
 
 # Mean correction of NITRO-ReLU for each negative slope (spec section 2).
@@ -18,6 +28,8 @@ RELU_MEAN_CORRECTION = {3: 31, 4: 36, 5: 38, 7: 40, 8: 42, 10: 43, 15: 44, 16: 4
 # Scaling denominator: 2^8 per input feature.
 SCALE_PER_FAN_IN = 2**8
 MAX_INIT_BOUND = 64
+# Dropout draws integers in [0, 2^24) and drops those below p * 2^24.
+DROPOUT_DRAW_RANGE = 2**24
 
 
 class LayerInputError(NitroError, ValueError):
@@ -146,10 +158,11 @@ def maxpool2d(x: Any, geom: PoolGeometry) -> tuple[Any, Any]:
     if oh < 1 or ow < 1:
         raise LayerInputError(f"max-pool {geom} does not fit a {h}x{w} feature map")
     if geom.ph or geom.pw:
-        # The padding value sits below any int8/int16 value, so it never wins (the reference wrapped it).
-        low = np.iinfo(np.int32).min
-        x = xp.pad(x.astype(np.int32), ((0, 0), (0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw)),
-                   constant_values=low)
+        # Pad in a wider type with its minimum, a value the data cannot hold, so padding never wins
+        # (the reference wrote int32 min into int8 arrays).
+        wide = np.int32 if x.dtype.itemsize <= 2 else np.int64
+        x = xp.pad(x.astype(wide), ((0, 0), (0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw)),
+                   constant_values=np.iinfo(wide).min)
     windows = _windows(x[:, :, : oh * geom.kh, : ow * geom.kw], geom, oh, ow)
     index = windows.argmax(axis=-1)
     out = xp.take_along_axis(windows, index[..., None], axis=-1)[..., 0]
@@ -184,10 +197,13 @@ def dropout_scale(p: float) -> int:
 
 
 def dropout_mask(shape: tuple[int, ...], p: float, rng: np.random.Generator) -> np.ndarray:
-    """Keep mask (1 = kept) drawn on the host so CPU and GPU runs match."""
-    return (rng.random(shape) >= p).astype(np.int8)
+    """Keep mask (1 = kept), drawn as integers on the host so CPU and GPU runs match."""
+    threshold = math.floor(Fraction(str(p)) * DROPOUT_DRAW_RANGE)
+    return (rng.integers(0, DROPOUT_DRAW_RANGE, size=shape, dtype=np.int32) >= threshold).astype(np.int8)
 
 
 def dropout(x: Any, mask: Any, r: int) -> Any:
-    """trunc(x * mask * r / 1000), widened to int32 (it can exceed int8); the backward uses the same form."""
-    return trunc_div(x.astype(np.int32) * mask * r, 1000)
+    """trunc(x * mask * r / 1000) in int64 (it can exceed x's type); the backward uses the same form."""
+    if max_abs(x) * r >= 2**63:
+        raise IntegerOverflowError(f"dropout: |x| up to {max_abs(x)} times r={r} overflows int64")
+    return trunc_div(x.astype(np.int64) * mask * r, 1000)

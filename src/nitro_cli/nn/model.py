@@ -72,7 +72,7 @@ def head_pool_geometry(channels: int, h: int, w: int, decoder_dim: int = DECODER
     return PoolGeometry(kh, kw, kh * (oh - h // kh) // 2, kw * (ow - w // kw) // 2)
 
 
-def _square_error(y_hat: Any, y: Any) -> Any:
+def output_error(y_hat: Any, y: Any) -> Any:
     """y_hat - y in int64: the reference computed this in int8 and flipped signs by wrapping around."""
     return y_hat.astype(np.int64) - y.astype(np.int64)
 
@@ -127,7 +127,7 @@ class LocalBlock:
             out = act
         flat, index = self.head_input(out)
         y_local = scaling(self.head.forward(flat), self.head.fan_in)
-        delta = _square_error(y_local, y)
+        delta = output_error(y_local, y)
         head_grad = self.head.weight_grad(flat, delta)
         err = self.head.input_error(delta)  # pre-update head weights
         optimizer.step(self.head, head_grad, num_classes)
@@ -204,7 +204,7 @@ class NitroNet:
             else:
                 h = stage.forward(h)
         y_hat = scaling(self.output.forward(h), self.output.fan_in)
-        delta = _square_error(y_hat, y)
+        delta = output_error(y_hat, y)
         optimizer.step(self.output, self.output.weight_grad(h, delta), self.num_classes)
         loss = float(to_host((delta * delta).sum())) / 2 / len(labels)
         correct = int((to_host(y_hat.argmax(axis=1)) == labels).sum())

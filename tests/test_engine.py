@@ -1,0 +1,202 @@
+"""The exact kernels against plain int64 / Python-int references, on random and extreme inputs."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nitro_cli.engine import (
+    BackendUnavailable,
+    IntegerOverflowError,
+    RngStreams,
+    conv2d,
+    conv2d_weight_grad,
+    gemm_path,
+    get_backend,
+    matmul,
+    saturate,
+    trunc_div,
+)
+
+
+def ref_trunc_div(a: int, b: int) -> int:
+    q = abs(a) // abs(b)
+    return q if (a < 0) == (b < 0) else -q
+
+
+def ref_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Python-int product: exact at any size, no overflow possible."""
+    return np.array(a.astype(object) @ b.astype(object), dtype=object)
+
+
+def ref_conv2d(x: np.ndarray, w: np.ndarray, padding: int = 1) -> np.ndarray:
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x.astype(object), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh, ow = h + 2 * padding - kh + 1, wd + 2 * padding - kw + 1
+    out = np.zeros((n, o, oh, ow), dtype=object)
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nchw,oc->nohw", xp[:, :, i : i + oh, j : j + ow], w[:, :, i, j].astype(object))
+    return out
+
+
+def ref_conv2d_weight_grad(x: np.ndarray, delta: np.ndarray, k: int = 3, padding: int = 1) -> np.ndarray:
+    n, c, h, wd = x.shape
+    xp = np.pad(x.astype(object), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    oh, ow = delta.shape[2:]
+    grad = np.zeros((delta.shape[1], c, k, k), dtype=object)
+    for i in range(k):
+        for j in range(k):
+            window = xp[:, :, i : i + oh, j : j + ow]
+            grad[:, :, i, j] = np.einsum("nohw,nchw->oc", delta.astype(object), window)
+    return grad
+
+
+ints64 = st.integers(-(2**40), 2**40)
+
+
+@given(st.lists(st.tuples(ints64, ints64.filter(lambda b: b != 0)), min_size=1, max_size=50))
+def test_trunc_div_matches_reference(pairs):
+    a = np.array([p[0] for p in pairs], dtype=np.int64)
+    b = np.array([p[1] for p in pairs], dtype=np.int64)
+    expected = [ref_trunc_div(int(x), int(y)) for x, y in pairs]
+    assert trunc_div(a, b).tolist() == expected
+    assert trunc_div(a, int(b[0])).tolist() == [ref_trunc_div(int(x), int(b[0])) for x in a]
+
+
+def test_trunc_div_rounds_toward_zero_not_down():
+    a = np.array([-7, -6, -1, 0, 1, 6, 7], dtype=np.int64)
+    assert trunc_div(a, 3).tolist() == [-2, -2, 0, 0, 0, 2, 2]
+    assert trunc_div(a, -3).tolist() == [2, 2, 0, 0, 0, -2, -2]
+    assert (a // 3).tolist() != trunc_div(a, 3).tolist()  # floor division differs on negatives
+    extremes = np.array([np.iinfo(np.int64).max, np.iinfo(np.int64).min + 1], dtype=np.int64)
+    assert trunc_div(extremes, 2).tolist() == [ref_trunc_div(int(v), 2) for v in extremes]
+    with pytest.raises(ZeroDivisionError):
+        trunc_div(a, 0)
+
+
+def test_trunc_div_refuses_floats():
+    with pytest.raises(TypeError, match="integer"):
+        trunc_div(np.array([1.5]), 2)
+
+
+def test_saturate_clips_then_narrows():
+    x = np.array([-1000, -128, -127, 0, 127, 128, 10**12], dtype=np.int64)
+    assert saturate(x, -127, 127, np.int8).tolist() == [-127, -127, -127, 0, 127, 127, 127]
+    with pytest.raises(ValueError):
+        saturate(x, -200, 127, np.int8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 6), st.integers(1, 40), st.integers(1, 6),
+    st.sampled_from([(np.int8, 127), (np.int32, 2**20), (np.int32, 2**31 - 1), (np.int64, 2**40)]),
+    st.integers(0, 2**32 - 1),
+)
+def test_matmul_matches_reference_on_random_and_extreme_values(m, k, n, kind, seed):
+    dtype, hi = kind
+    rng = np.random.default_rng(seed)
+    lo = int(np.iinfo(dtype).min) if dtype != np.int64 else -hi
+    a = rng.integers(lo, hi, size=(m, k), endpoint=True).astype(dtype)
+    b = rng.integers(-(2**15), 2**15, size=(k, n)).astype(np.int32)
+    a[0, 0] = lo  # the most negative value: abs() of it wraps in its own type
+    assert matmul(a, b).tolist() == ref_matmul(a, b).tolist()
+
+
+def test_matmul_exact_where_float32_is_not():
+    a = np.array([[1, 1]], dtype=np.int64)
+    b = np.array([[2**24], [1]], dtype=np.int64)
+    float32_result = int((a.astype(np.float32) @ b.astype(np.float32))[0, 0])
+    assert float32_result == 2**24  # float32 loses the +1
+    assert matmul(a, b)[0, 0] == 2**24 + 1
+    assert gemm_path(2, 1, 2**24) == "float64"
+
+
+def test_matmul_past_the_float64_bound_uses_the_exact_fallback():
+    k = 64
+    a = np.full((2, k), 2**31 - 1, dtype=np.int64)
+    b = np.full((k, 2), 2**20 + 1, dtype=np.int64)
+    b[0, 0] = -(2**20) - 3
+    assert gemm_path(k, 2**31 - 1, 2**20 + 3) == "int64"
+    float64_result = (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    expected = ref_matmul(a, b)
+    assert float64_result.tolist() != expected.tolist()  # float64 would be wrong here
+    assert matmul(a, b).tolist() == expected.tolist()
+
+
+def test_matmul_refuses_to_wrap_int64():
+    a = np.full((1, 4), 2**40, dtype=np.int64)
+    b = np.full((4, 1), 2**30, dtype=np.int64)
+    with pytest.raises(IntegerOverflowError, match="2\\^63"):
+        matmul(a, b)
+
+
+def test_matmul_checks_shapes_and_dtypes():
+    with pytest.raises(ValueError, match="matmul needs"):
+        matmul(np.zeros((2, 3), np.int32), np.zeros((4, 2), np.int32))
+    with pytest.raises(TypeError, match="integer"):
+        matmul(np.zeros((2, 3)), np.zeros((3, 2), np.int32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4), st.integers(1, 7), st.integers(1, 7),
+       st.sampled_from([64, 2**20, 2**31 - 1]), st.integers(0, 2**32 - 1))
+def test_conv2d_and_weight_grad_match_reference(n, c, o, h, w, wmax, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=(n, c, h, w)).astype(np.int8)
+    x.flat[0] = -128
+    wt = rng.integers(-wmax, wmax, size=(o, c, 3, 3), endpoint=True).astype(np.int32)
+    assert conv2d(x, wt).tolist() == ref_conv2d(x, wt).tolist()
+    delta = rng.integers(-wmax, wmax, size=(n, o, h, w), endpoint=True).astype(np.int64)
+    assert conv2d_weight_grad(x, delta).tolist() == ref_conv2d_weight_grad(x, delta).tolist()
+
+
+def test_conv2d_exact_past_float32_and_float64_bounds():
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, size=(2, 3, 5, 5)).astype(np.int8)
+    for wmax in (2**20, 2**31 - 1):  # float64 path, then the int64 fallback (27 * 128 * 2^31 > 2^53)
+        w = rng.integers(-wmax, wmax, size=(4, 3, 3, 3), endpoint=True).astype(np.int64)
+        w[0, 0, 0, 0] = wmax
+        assert conv2d(x, w).tolist() == ref_conv2d(x, w).tolist()
+    big = np.full((1, 3, 5, 5), 2**40, dtype=np.int64)
+    with pytest.raises(IntegerOverflowError):
+        conv2d(big, np.full((1, 3, 3, 3), 2**20, dtype=np.int64))
+
+
+def test_conv2d_chunks_large_batches_exactly(monkeypatch):
+    from nitro_cli.engine import kernels
+
+    monkeypatch.setattr(kernels, "IM2COL_CHUNK_ELEMENTS", 300)  # forces one sample per chunk
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, size=(5, 2, 4, 4)).astype(np.int8)
+    w = rng.integers(-64, 65, size=(3, 2, 3, 3)).astype(np.int32)
+    delta = rng.integers(-5000, 5000, size=(5, 3, 4, 4))
+    assert conv2d(x, w).tolist() == ref_conv2d(x, w).tolist()
+    assert conv2d_weight_grad(x, delta).tolist() == ref_conv2d_weight_grad(x, delta).tolist()
+
+
+def test_rng_streams_are_independent_and_restorable():
+    a, b = RngStreams(42), RngStreams(42)
+    assert a.shuffle.integers(0, 2**62) == b.shuffle.integers(0, 2**62)
+    assert a.init.integers(0, 2**62) != a.dropout.integers(0, 2**62)
+    state = a.state_dict()
+    first = [a.augment.integers(0, 2**62) for _ in range(3)]
+    c = RngStreams(0)
+    c.load_state_dict(state)
+    assert [c.augment.integers(0, 2**62) for _ in range(3)] == first
+    assert RngStreams(43).shuffle.integers(0, 2**62) != RngStreams(42).shuffle.integers(0, 2**62)
+    with pytest.raises(ValueError):
+        RngStreams(-1)
+
+
+def test_backend_selection():
+    assert get_backend("numpy") is np
+    assert get_backend("auto") is not None
+    with pytest.raises(BackendUnavailable, match="unknown engine"):
+        get_backend("tpu")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="engine=cupy"):
+            get_backend("cupy")

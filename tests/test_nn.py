@@ -1,0 +1,371 @@
+"""NITRO-D layers, blocks and models against plain int64 / Python references."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from nitro_cli.engine import IntegerOverflowError
+from nitro_cli.errors import NitroError
+from nitro_cli.nn import (
+    MODEL_PRESETS,
+    RELU_MEAN_CORRECTION,
+    IntegerConv2d,
+    IntegerLinear,
+    LayerInputError,
+    PoolGeometry,
+    build_model,
+    dropout,
+    dropout_mask,
+    dropout_scale,
+    head_pool_geometry,
+    kaiming_bound,
+    maxpool2d,
+    maxpool2d_backward,
+    nitro_relu,
+    nitro_relu_backward,
+    output_error,
+    scaling,
+)
+from nitro_cli.optim import EarlyStopping, IntegerSGD, PlateauSchedule
+from test_engine import ref_conv2d, ref_conv2d_weight_grad, ref_trunc_div
+
+
+def tdiv(a: int, b: int) -> int:
+    return ref_trunc_div(int(a), int(b))
+
+
+int8s = hnp.arrays(np.int8, st.integers(1, 300), elements=st.integers(-128, 127))
+
+
+@given(hnp.arrays(np.int64, st.integers(1, 200), elements=st.integers(-(2**45), 2**45)),
+       st.integers(1, 5000))
+def test_scaling_matches_reference(x, fan_in):
+    expected = [max(-127, min(127, tdiv(v, 256 * fan_in))) for v in x.tolist()]
+    out = scaling(x, fan_in)
+    assert out.dtype == np.int8 and out.tolist() == expected
+
+
+@given(int8s, st.sampled_from(sorted(RELU_MEAN_CORRECTION)))
+def test_nitro_relu_forward_matches_reference(x, slope):
+    corr = RELU_MEAN_CORRECTION[slope]
+    expected = [max(0, min(127, v)) + tdiv(max(-127, min(0, v)), slope) - corr for v in x.tolist()]
+    out = nitro_relu(x, slope)
+    assert out.dtype == np.int8 and out.tolist() == expected
+
+
+def test_nitro_relu_range_and_constants():
+    x = np.arange(-128, 128, dtype=np.int16).astype(np.int8)
+    out = nitro_relu(x, 4)
+    # The spec's formula truncates: trunc(-127 / 4) - 36 = -67 (its "[-68, 91]" would need floor division).
+    assert out.min() == -67 and out.max() == 91
+    assert RELU_MEAN_CORRECTION == {3: 31, 4: 36, 5: 38, 7: 40, 8: 42, 10: 43, 15: 44, 16: 44, 20: 45}
+    with pytest.raises(ValueError, match="slope"):
+        nitro_relu(x, 6)
+
+
+@given(int8s, st.data(), st.sampled_from([4, 10]))
+def test_nitro_relu_backward_matches_reference(x, data, slope):
+    delta = data.draw(hnp.arrays(np.int64, x.shape, elements=st.integers(-(2**40), 2**40)))
+    expected = []
+    for v, d in zip(x.tolist(), delta.tolist(), strict=True):
+        g = 1 if 0 <= v < 127 else slope if -127 <= v < 0 else 0
+        expected.append(tdiv(d, g) if g else 0)
+    assert nitro_relu_backward(x, delta, slope).tolist() == expected
+
+
+def ref_maxpool(x: np.ndarray, g: PoolGeometry):
+    n, c, h, w = x.shape
+    oh, ow = g.out_size(h, w)
+    out = np.zeros((n, c, oh, ow), dtype=np.int64)
+    arg = {}
+    for a in range(n):
+        for b in range(c):
+            for i in range(oh):
+                for j in range(ow):
+                    best = None
+                    for di in range(g.kh):
+                        for dj in range(g.kw):
+                            r, s = i * g.kh + di - g.ph, j * g.kw + dj - g.pw
+                            if 0 <= r < h and 0 <= s < w and (best is None or x[a, b, r, s] > best[0]):
+                                best = (x[a, b, r, s], r, s)
+                    out[a, b, i, j] = best[0]
+                    arg[(a, b, i, j)] = best[1:]
+    return out, arg
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 2), st.integers(1, 3), st.integers(2, 9), st.integers(2, 9),
+       st.sampled_from([(2, 2, 0, 0), (8, 4, 4, 0), (4, 2, 2, 1), (2, 1, 1, 0), (2, 2, 1, 1)]),
+       st.integers(0, 2**32 - 1), st.booleans())
+def test_maxpool_forward_backward_match_reference(n, c, h, w, geom, seed, ties):
+    g = PoolGeometry(*geom)
+    rng = np.random.default_rng(seed)
+    hi = 3 if ties else 128  # few distinct values: many ties, the first maximum must win
+    x = rng.integers(-128, hi, size=(n, c, h, w)).astype(np.int8)
+    oh, ow = g.out_size(h, w)
+    if oh < 1 or ow < 1 or g.ph * 2 > g.kh or g.pw * 2 > g.kw:
+        return
+    expected, arg = ref_maxpool(x, g)
+    out, index = maxpool2d(x, g)
+    assert out.dtype == np.int8 and out.tolist() == expected.tolist()
+    delta = rng.integers(-(2**30), 2**30, size=out.shape)
+    back = maxpool2d_backward(delta, index, g, (h, w))
+    ref_back = np.zeros((n, c, h, w), dtype=np.int64)
+    for (a, b, i, j), (r, s) in arg.items():
+        ref_back[a, b, r, s] += delta[a, b, i, j]
+    assert back.tolist() == ref_back.tolist()
+
+
+def test_maxpool_padding_never_wins_on_all_negative_input():
+    x = np.full((1, 1, 28, 28), -128, dtype=np.int8)
+    out, _ = maxpool2d(x, PoolGeometry(8, 4, 4, 0))
+    assert out.shape == (1, 1, 4, 7) and (out == -128).all()
+
+
+def test_linear_forward_and_weight_grad_match_reference():
+    rng = np.random.default_rng(1)
+    layer = IntegerLinear("fc", 37, 11, rng)
+    layer.weight = rng.integers(-(2**31), 2**31, size=(11, 37)).astype(np.int32)
+    x = rng.integers(-128, 128, size=(9, 37)).astype(np.int8)
+    assert layer.forward(x).tolist() == (x.astype(object) @ layer.weight.T.astype(object)).tolist()
+    delta = rng.integers(-(2**40), 2**40, size=(9, 11))
+    assert layer.weight_grad(x, delta).tolist() == (delta.T.astype(object) @ x.astype(object)).tolist()
+    small = delta >> 12  # keeps 11 * |delta| * |W| below 2^63
+    assert layer.input_error(small).tolist() == (small.astype(object) @ layer.weight.astype(object)).tolist()
+    with pytest.raises(IntegerOverflowError):
+        layer.input_error(delta)
+
+
+def test_conv_layer_matches_reference():
+    rng = np.random.default_rng(2)
+    layer = IntegerConv2d("conv", 3, 5, rng)
+    x = rng.integers(-128, 128, size=(2, 3, 6, 6)).astype(np.int8)
+    assert layer.forward(x).tolist() == ref_conv2d(x, layer.weight).tolist()
+    delta = rng.integers(-(2**30), 2**30, size=(2, 5, 6, 6))
+    assert layer.weight_grad(x, delta).tolist() == ref_conv2d_weight_grad(x, delta).tolist()
+
+
+def test_layers_refuse_wrong_dtype_and_shape():
+    rng = np.random.default_rng(0)
+    fc, conv = IntegerLinear("fc1", 4, 2, rng), IntegerConv2d("conv1", 3, 2, rng)
+    with pytest.raises(LayerInputError, match="fc1: expected an integer array"):
+        fc.forward(np.zeros((2, 4), dtype=np.float32))
+    with pytest.raises(LayerInputError, match=r"fc1: expected input of shape \[N, 4\]"):
+        fc.forward(np.zeros((2, 5), dtype=np.int8))
+    with pytest.raises(LayerInputError, match="conv1"):
+        conv.forward(np.zeros((2, 1, 4, 4), dtype=np.int8))
+    model = build_model("mlp1", (1, 28, 28), 10, seed_rng=rng)
+    with pytest.raises(LayerInputError, match="network expects images"):
+        model.predict(np.zeros((2, 1, 32, 32), dtype=np.int8))
+
+
+@given(hnp.arrays(np.int64, st.integers(1, 100), elements=st.integers(-(2**40), 2**40)),
+       st.sampled_from([0.1, 0.15, 0.5]), st.integers(0, 2**32 - 1))
+def test_dropout_matches_reference(x, p, seed):
+    r = dropout_scale(p)
+    mask = dropout_mask(x.shape, p, np.random.default_rng(seed))
+    expected = [tdiv(v * m * r, 1000) for v, m in zip(x.tolist(), mask.tolist(), strict=True)]
+    assert dropout(x, mask, r).tolist() == expected
+
+
+def test_dropout_scale_constants():
+    assert dropout_scale(0.1) == 1111 and dropout_scale(0.15) == 1176 and dropout_scale(0.2) == 1250
+    with pytest.raises(ValueError):
+        dropout_scale(1.0)
+
+
+def test_output_error_is_computed_wide():
+    y_hat = np.array([[-127, 127]], dtype=np.int8)
+    y = np.array([[32, 0]], dtype=np.int8)
+    assert output_error(y_hat, y).tolist() == [[-159, 127]]  # int8 arithmetic would give +97
+
+
+def test_head_pool_geometry_follows_the_spec_examples():
+    assert head_pool_geometry(128, 32, 32) == PoolGeometry(8, 4, 0, 0)
+    g = head_pool_geometry(128, 28, 28)
+    assert g == PoolGeometry(8, 4, 4, 0) and 128 * np.prod(g.out_size(28, 28)) == 3584
+    assert head_pool_geometry(64, 4, 4) == PoolGeometry(1, 1, 0, 0)
+
+
+def test_kaiming_bound():
+    assert kaiming_bound(784) == (1372 * 128 * 1732) // (28 * 10**6) == 10
+    assert kaiming_bound(9) == 64 and kaiming_bound(27) == 60
+
+
+def test_integer_sgd_update_matches_reference():
+    rng = np.random.default_rng(5)
+    layer = IntegerLinear("block1", 6, 3, rng)
+    layer.role, layer.amp_factor = "block", 7
+    w0 = layer.weight.copy()
+    grad = rng.integers(-(2**35), 2**35, size=w0.shape)
+    opt = IntegerSGD(lr_inv=512, fwd_decay_inv=3, subnet_decay_inv=5)
+    opt.step(layer, grad, num_classes=10)
+    amp = 64 * 10 * 7
+    expected = [[w - (tdiv(g, 512 * amp) + tdiv(w, 3)) for w, g in zip(wr, gr, strict=True)]
+                for wr, gr in zip(w0.tolist(), grad.tolist(), strict=True)]
+    assert layer.weight.dtype == np.int32 and layer.weight.tolist() == expected
+    head = IntegerLinear("block1_head", 6, 3, rng)
+    head.role, head.amp_factor = "head", 1
+    h0 = head.weight.copy()
+    opt.step(head, grad, num_classes=10)
+    assert head.weight.tolist() == [[w - (tdiv(g, 512) + tdiv(w, 5)) for w, g in zip(wr, gr, strict=True)]
+                                    for wr, gr in zip(h0.tolist(), grad.tolist(), strict=True)]
+
+
+def test_weight_update_overflow_raises_naming_the_layer():
+    layer = IntegerLinear("block3", 2, 2, np.random.default_rng(0))
+    layer.role, layer.amp_factor = "block", 1
+    layer.weight[:] = 2**31 - 10
+    with pytest.raises(IntegerOverflowError, match="block3"):
+        IntegerSGD(lr_inv=1, amp=1).step(layer, np.full((2, 2), -(2**20)), num_classes=10)
+
+
+def test_plateau_and_early_stopping_follow_their_rules_and_restore():
+    opt = IntegerSGD(lr_inv=512)
+    plateau = PlateauSchedule(factor=3, patience=2, start_epoch=3, min_delta=0.01)
+    accs = [0.50, 0.505, 0.509, 0.509, 0.52, 0.52, 0.52]
+    fired = [plateau.step(e, a, opt) for e, a in enumerate(accs, start=1)]
+    # epoch 3: 2 stale epochs and past the start -> x3; epoch 5 improves; epoch 7: 2 stale again -> x3
+    assert fired == [False, False, True, False, False, False, True] and opt.lr_inv == 512 * 9
+    stop = EarlyStopping(patience=2, start_epoch=1, min_delta=0.01)
+    assert [stop.step(e, a) for e, a in enumerate([0.5, 0.5, 0.5], start=1)] == [False, False, True]
+    again = EarlyStopping(patience=2, start_epoch=1)
+    again.load_state_dict(stop.state_dict())
+    assert again.stale == stop.stale and again.reference == stop.reference
+
+
+def test_unknown_preset_and_widths_are_refused():
+    rng = np.random.default_rng(0)
+    with pytest.raises(NitroError, match="unknown model preset 'nope'"):
+        build_model("nope", (1, 28, 28), 10, seed_rng=rng)
+    with pytest.raises(NitroError, match="hidden widths"):
+        build_model("mlp1", (1, 28, 28), 10, hidden=[0], seed_rng=rng)
+    with pytest.raises(NitroError, match="too small"):
+        build_model("vgg8b", (1, 8, 8), 10, seed_rng=rng)
+
+
+@pytest.mark.parametrize("preset", sorted(MODEL_PRESETS))
+def test_presets_build_with_the_papers_shapes(preset):
+    shape = (3, 32, 32) if preset in ("mlp4", "vgg8b", "vgg11b") else (1, 28, 28)
+    model = build_model(preset, shape, 10, seed_rng=np.random.default_rng(0))
+    widths = {"mlp1": [100, 50], "mlp2": [200, 100, 50], "mlp3": [1024] * 3, "mlp4": [3000] * 3}
+    if preset in widths:
+        assert [b.layer.out_features for b in model.blocks] == widths[preset]
+        assert model.blocks[0].layer.in_features == int(np.prod(shape))
+    else:
+        convs = [b.layer.out_channels for b in model.blocks if isinstance(b.layer, IntegerConv2d)]
+        assert convs == ([128, 256, 256, 512, 512, 512] if preset == "vgg8b"
+                         else [128, 128, 128, 256, 256, 512, 512, 512, 512])
+        assert model.blocks[-1].layer.in_features == 2048 and model.blocks[-1].layer.out_features == 1024
+        assert model.blocks[0].layer.amp_factor == 32  # 32^2 // (8 * 4)
+    for layer in model.layers():
+        assert layer.weight.dtype == np.int32
+        assert np.abs(layer.weight).max() <= kaiming_bound(layer.fan_in)
+    assert model.output.out_features == 10
+
+
+def test_vgg_dropout_sits_on_the_last_conv_block_and_the_classifier():
+    model = build_model("vgg8b", (1, 28, 28), 10, dropout=0.1, seed_rng=np.random.default_rng(0))
+    assert [b.dropout_p for b in model.blocks] == [0, 0, 0, 0, 0, 0.1, 0.1]
+
+
+def test_state_dict_round_trip_and_mismatch():
+    a = build_model("mlp1", (1, 28, 28), 10, seed_rng=np.random.default_rng(0))
+    b = build_model("mlp1", (1, 28, 28), 10, seed_rng=np.random.default_rng(1))
+    assert set(a.state_dict()) == {f"param/{n}/weight" for n in
+                                   ["block1", "block1_head", "block2", "block2_head", "output"]}
+    b.load_state_dict(a.state_dict())
+    assert all((a.state_dict()[k] == v).all() for k, v in b.state_dict().items())
+    other = build_model("mlp2", (1, 28, 28), 10, seed_rng=np.random.default_rng(0))
+    with pytest.raises(NitroError, match="do not match"):
+        other.load_state_dict(a.state_dict())
+
+
+def test_dropout_mask_keeps_about_one_minus_p():
+    mask = dropout_mask((200_000,), 0.15, np.random.default_rng(0))
+    assert mask.dtype == np.int8 and set(np.unique(mask)) == {0, 1}
+    assert abs(mask.mean() - 0.85) < 0.005
+
+
+# --- A whole NITRO-D step, written out independently with Python ints, against the model's step. ---
+
+def _ref_scale(v, fan_in):
+    return np.vectorize(lambda t: max(-127, min(127, tdiv(t, 256 * fan_in))), otypes=[object])(v)
+
+
+def _ref_relu(v):
+    def one(t):
+        return max(0, min(127, t)) + tdiv(max(-127, min(0, t)), 4) - 36
+    return np.vectorize(one, otypes=[object])(v)
+
+
+def _ref_relu_back(pre, d):
+    def one(x, e):
+        g = 1 if 0 <= x < 127 else 4 if -127 <= x < 0 else 0
+        return tdiv(e, g) if g else 0
+    return np.vectorize(one, otypes=[object])(pre, d)
+
+
+def _ref_update(w, grad, lr_inv, amp, decay_inv):
+    def one(a, g):
+        return a - (tdiv(g, lr_inv * amp) + tdiv(a, decay_inv))
+    return np.vectorize(one, otypes=[object])(w, grad)
+
+
+def _ref_local(out, y, head_w, pool):
+    """Head forward and backward of one block: returns (head grad, error into the block output)."""
+    if pool is not None:
+        pooled, arg = ref_maxpool(out.astype(np.int64), pool)
+        flat = pooled.reshape(len(out), -1).astype(object)
+    else:
+        flat = out.reshape(len(out), -1)
+    z = _ref_scale(flat @ head_w.T, flat.shape[1])
+    delta = z - y
+    grad = delta.T @ flat
+    err = delta @ head_w
+    if pool is not None:
+        back = np.zeros(out.shape, dtype=object)
+        err = err.reshape(pooled.shape)
+        for (a, b, i, j), (r, s) in arg.items():
+            back[a, b, r, s] += err[a, b, i, j]
+        err = back
+    return grad, err.reshape(out.shape)
+
+
+def test_a_whole_training_step_matches_an_independent_reference():
+    rng = np.random.default_rng(11)
+    model = build_model("vgg8b", (2, 6, 6), 3, hidden=[5], features=[4, "M"], decoder_dim=16,
+                        seed_rng=np.random.default_rng(3))
+    conv, lin = model.blocks
+    assert conv.pool == PoolGeometry(4, 4, 2, 2) and conv.layer.amp_factor == 2  # padded head pool
+    w = {layer.name: layer.weight.astype(object) for layer in model.layers()}
+    x = rng.integers(-128, 128, size=(4, 2, 6, 6)).astype(np.int8)
+    labels = rng.integers(0, 3, size=4)
+    y = (np.eye(3, dtype=np.int8) * 32)[labels]
+    opt = IntegerSGD(lr_inv=2, fwd_decay_inv=7, subnet_decay_inv=5)
+    model.train_step(x, y, labels, opt)
+
+    yo = y.astype(object)
+    pre1 = _ref_scale(ref_conv2d(x, w["block1"]), 18)
+    out1 = _ref_relu(pre1)
+    g_head1, err1 = _ref_local(out1, yo, w["block1_head"], conv.pool)
+    g_conv = ref_conv2d_weight_grad(x, _ref_relu_back(pre1, err1))
+    h = ref_maxpool(out1.astype(np.int64), PoolGeometry(2, 2))[0].reshape(4, -1).astype(object)
+    pre2 = _ref_scale(h @ w["block2"].T, 36)
+    out2 = _ref_relu(pre2)
+    g_head2, err2 = _ref_local(out2, yo, w["block2_head"], None)
+    g_lin = _ref_relu_back(pre2, err2).T @ h
+    y_hat = _ref_scale(out2 @ w["output"].T, 5)
+    g_out = (y_hat - yo).T @ out2
+    expected = {
+        "block1": _ref_update(w["block1"], g_conv, 2, 64 * 3 * 2, 7),
+        "block1_head": _ref_update(w["block1_head"], g_head1, 2, 1, 5),
+        "block2": _ref_update(w["block2"], g_lin, 2, 64 * 3, 7),
+        "block2_head": _ref_update(w["block2_head"], g_head2, 2, 1, 5),
+        "output": _ref_update(w["output"], g_out, 2, 1, 5),
+    }
+    assert all(expected[name].tolist() != w[name].tolist() for name in w)  # every layer learned
+    for layer in model.layers():
+        assert layer.weight.tolist() == expected[layer.name].tolist(), layer.name
