@@ -1,0 +1,174 @@
+"""Finding training runs on disk and reading what they wrote (summary.json, metrics.csv).
+
+A run dir is a folder holding `.hydra/config.yaml` whose config has a `trainer` key: a single training run
+or one job of a multirun. Other Hydra run dirs (reports, evaluations, data commands) are not runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Folders inside a run dir that never hold other runs; skipping them keeps the walk cheap.
+_SKIP_DIRS = {".hydra", "checkpoints", "__pycache__", ".git", ".venv", "node_modules"}
+
+
+@dataclass
+class Run:
+    """One training run as found on disk. Only runs with status "completed" are averaged."""
+
+    path: Path
+    status: str  # "completed" | "failed" | "running" | "missing summary" | "unreadable"
+    error: str | None = None
+    experiment: str = "?"
+    trainer: str = "?"
+    group: str = "?"
+    seed: int | None = None
+    model: str = "?"
+    data: str = "?"
+    test_accuracy: float | None = None
+    best_test_accuracy: float | None = None
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    wall_seconds: float | None = None
+    # per-epoch test accuracy from metrics.csv: epoch -> fraction
+    test_acc_per_epoch: dict[int, float] = field(default_factory=dict)
+    # problems that do not stop the run from being averaged (e.g. an unreadable metrics.csv)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+def find_run_dirs(roots: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Path]:
+    """All run dirs under `roots` (a root may itself be one), sorted, without duplicates.
+
+    Folders in `exclude` (e.g. the report's own output dir) are never entered.
+    """
+    excluded = {p.resolve() for p in exclude}
+    found: set[Path] = set()
+    for root in roots:
+        root = root.resolve()
+        if not root.is_dir() or root in excluded:
+            continue
+        for dirpath, dirnames, _ in os.walk(root):
+            here = Path(dirpath)
+            if _is_training_run(here):
+                found.add(here)
+                dirnames.clear()  # a run's own folders hold no further runs
+                continue
+            dirnames[:] = sorted(
+                d for d in dirnames if d not in _SKIP_DIRS and (here / d).resolve() not in excluded
+            )
+    return sorted(found)
+
+
+def _is_training_run(folder: Path) -> bool:
+    cfg_file = folder / ".hydra" / "config.yaml"
+    if not cfg_file.is_file():
+        return False
+    cfg = _load_config(cfg_file)
+    # An unreadable config is still reported (as broken) so that the user sees it.
+    return cfg is None or "trainer" in cfg
+
+
+def _load_config(cfg_file: Path) -> dict[str, Any] | None:
+    try:
+        cfg = yaml.safe_load(cfg_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def read_run(path: Path) -> Run:
+    """Read one run dir. Never raises for a broken run: the problem goes into `status` and `error`."""
+    cfg = _load_config(path / ".hydra" / "config.yaml")
+    if cfg is None:
+        return Run(path=path, status="unreadable", error="cannot parse .hydra/config.yaml")
+    run = Run(path=path, status="missing summary", error="no summary.json (run never started or was killed)")
+    _fill_from_config(run, cfg)
+
+    summary_file = path / "summary.json"
+    if summary_file.is_file():
+        try:
+            summary = json.loads(summary_file.read_text())
+            if not isinstance(summary, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            run.status, run.error = "unreadable", f"summary.json: {exc}"
+            return run
+        _fill_from_summary(run, summary)
+
+    if (path / "metrics.csv").is_file():
+        try:
+            run.test_acc_per_epoch = read_test_acc_per_epoch(path / "metrics.csv")
+        except (OSError, ValueError, csv.Error) as exc:
+            run.notes.append(f"metrics.csv unreadable, left out of the per-epoch plot: {exc}")
+    return run
+
+
+def _fill_from_config(run: Run, cfg: dict[str, Any]) -> None:
+    trainer = cfg.get("trainer")
+    run.experiment = str(cfg.get("experiment", run.experiment))
+    if isinstance(trainer, dict):
+        run.trainer = str(trainer.get("name", run.trainer))
+    if isinstance(cfg.get("seed"), int):
+        run.seed = cfg["seed"]
+    for key in ("model", "data"):
+        sub = cfg.get(key)
+        if isinstance(sub, dict) and "name" in sub:
+            setattr(run, key, str(sub["name"]))
+        elif isinstance(sub, str):
+            setattr(run, key, sub)
+
+
+def _fill_from_summary(run: Run, s: dict[str, Any]) -> None:
+    for key in ("experiment", "trainer", "group", "model", "data"):
+        if s.get(key) is not None:
+            setattr(run, key, str(s[key]))
+    if isinstance(s.get("seed"), int):
+        run.seed = s["seed"]
+    run.status = str(s.get("status", "unknown"))
+    run.error = s.get("error") or None
+    run.best_epoch = s.get("best_epoch")
+    run.epochs_run = s.get("epochs_run")
+    run.wall_seconds = s.get("wall_seconds")
+    if not run.completed:
+        return
+    try:
+        run.test_accuracy = _fraction(s["test_accuracy"])
+        run.best_test_accuracy = _fraction(s["best_test_accuracy"])
+        if "group" not in s:
+            raise KeyError("group")
+    except (KeyError, TypeError, ValueError) as exc:
+        run.status, run.error = "unreadable", f"summary.json: completed but bad or missing field {exc}"
+
+
+def _fraction(value: Any) -> float:
+    x = float(value)
+    if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+        raise ValueError(f"accuracy {value!r} is not a fraction in [0, 1]")
+    return x
+
+
+def read_test_acc_per_epoch(metrics_csv: Path) -> dict[int, float]:
+    """Test accuracy per epoch from metrics.csv (rows with an empty test_acc are skipped)."""
+    out: dict[int, float] = {}
+    with metrics_csv.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"epoch", "test_acc"} <= set(reader.fieldnames):
+            raise ValueError("header lacks epoch/test_acc columns")
+        for row in reader:
+            if row.get("test_acc") in (None, "") or row.get("epoch") in (None, ""):
+                continue
+            out[int(row["epoch"])] = _fraction(row["test_acc"])
+    return out

@@ -1,0 +1,256 @@
+"""`nitro report`: discovery, grouping and statistics against hand-computed numbers, outputs, CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nitro_cli.errors import NitroError
+from nitro_cli.report import PAPER_ROWS, collect_runs, find_run_dirs, format_seeds, paper_row, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Group A: a paper row under the paper protocol, seeds 42..44 (a multirun).
+A_FINAL = [0.9700, 0.9720, 0.9680]
+A_BEST = [0.9730, 0.9750, 0.9740]
+A_CURVES = [[0.5, 0.6, 0.7], [0.6, 0.7, 0.8], [0.7, 0.8]]  # the third run stopped after 2 epochs
+# Group B: a custom experiment under the default protocol, seeds 1..3 (single runs).
+B_FINAL = [0.80, 0.85, 0.90]
+B_BEST = [0.82, 0.86, 0.87]
+
+
+def make_run(path: Path, *, experiment: str, trainer: str, seed: int, group: str | None,
+             status: str | None = "completed", final: float = 0.5, best: float = 0.5,
+             curve: list[float] | None = None, error: str | None = None) -> Path:
+    """A fake run dir in the contract's format; status None = no summary.json at all."""
+    (path / ".hydra").mkdir(parents=True)
+    cfg = {"seed": seed, "resume": None, "experiment": experiment, "data": {"name": "mnist"},
+           "model": {"preset": "mlp1"}, "optimizer": {"lr_inv": 512},
+           "trainer": {"name": trainer, "max_epochs": 3, "batch_size": 64}, "engine": {"backend": "numpy"}}
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    curve = curve or [final]
+    with (path / "metrics.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "head1_acc", "lr_inv",
+                    "seconds"])
+        for i, acc in enumerate(curve, start=1):
+            w.writerow([i, 1.0 / i, acc, "", acc, acc, 512, 0.1])
+    if status is not None:
+        summary = {"experiment": experiment, "trainer": trainer, "seed": seed, "status": status,
+                   "epochs_run": len(curve), "test_accuracy": final, "best_test_accuracy": best,
+                   "best_epoch": 1, "val_accuracy": None, "wall_seconds": 2.0, "samples_per_s": 100.0,
+                   "model": "mlp1", "data": "mnist", "group": group, "error": error}
+        (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    sweep = root / "multirun" / "2025-01-01" / "10-00-00"
+    for i, (seed, final, best, curve) in enumerate(zip((42, 43, 44), A_FINAL, A_BEST, A_CURVES, strict=True)):
+        make_run(sweep / str(i), experiment="paper/mlp1_mnist", trainer="paper", seed=seed,
+                 group="aaaa1111", final=final, best=best, curve=curve)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    for seed, final, best in zip((1, 2, 3), B_FINAL, B_BEST, strict=True):
+        make_run(root / "outputs" / "2025-01-02" / f"0{seed}-00-00", experiment="custom", trainer="default",
+                 seed=seed, group="bbbb2222", final=final, best=best)
+    # Left out of every average: a failed run, a still-running one, one killed before its summary.
+    make_run(sweep / "3", experiment="paper/mlp1_mnist", trainer="paper", seed=45, group="aaaa1111",
+             status="failed", final=0.10, best=0.10, error="IntegerOverflowError: layer fc1 would wrap")
+    make_run(sweep / "4", experiment="paper/mlp1_mnist", trainer="paper", seed=46, group="aaaa1111",
+             status="running", final=0.20, best=0.20)
+    make_run(sweep / "5", experiment="paper/mlp1_mnist", trainer="paper", seed=47, group=None, status=None)
+    # A report's own Hydra run dir (no `trainer` in its config): not a training run.
+    rep = root / "outputs" / "report" / "2025-01-03" / "00-00-00"
+    (rep / ".hydra").mkdir(parents=True)
+    (rep / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"runs": ["multirun"], "out": None}))
+    return root
+
+
+def pop_std(values: list[float]) -> float:
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
+
+
+def test_paper_table_rows_and_sigma() -> None:
+    assert list(PAPER_ROWS) == ["mlp1_mnist", "mlp2_fashion", "mlp3_mnist", "mlp3_fashion", "mlp4_cifar10",
+                                "vgg8b_mnist", "vgg8b_fashion", "vgg8b_cifar10", "vgg11b_cifar10"]
+    row = paper_row("paper/vgg8b_cifar10")
+    assert row is not None and row.mean == 87.96 and row.plus_minus == 0.39 and row.sigma == 0.195
+    assert (row.fp_les, row.fp_bp, row.dataset) == (91.60, 94.01, "CIFAR-10")
+    assert PAPER_ROWS["mlp1_mnist"].fp_les is None and PAPER_ROWS["mlp1_mnist"].fp_bp == 98.00
+    assert paper_row("custom") is None and paper_row("paper/nope") is None
+
+
+def test_discovery_finds_training_runs_only(runs_root: Path) -> None:
+    dirs = find_run_dirs([runs_root / "multirun", runs_root / "outputs", runs_root / "missing"])
+    assert len(dirs) == 9  # 6 completed + failed + running + no summary; the report dir is not a run
+    assert not any("report" in d.parts for d in dirs)
+    # A root may itself be a run dir; excluded folders are never entered.
+    one = runs_root / "outputs" / "2025-01-02" / "01-00-00"
+    assert find_run_dirs([one]) == [one.resolve()]
+    assert len(find_run_dirs([runs_root], exclude=[runs_root / "outputs"])) == 6
+
+
+def test_grouping_means_and_population_sigma(runs_root: Path) -> None:
+    report = collect_runs([runs_root])
+    assert [(g.experiment, g.trainer, g.group, g.n) for g in report.groups] == [
+        ("paper/mlp1_mnist", "paper", "aaaa1111", 3), ("custom", "default", "bbbb2222", 3)]
+    a, b = report.groups
+    assert a.seeds == [42, 43, 44] and b.seeds == [1, 2, 3]
+    # Hand-computed: A final 0.9700 ± sqrt(8/3)e-3, best 0.9740 ± sqrt(2/3)e-3;
+    # B best 0.85 ± sqrt(14/3)e-2 (deviations -3, +1, +2 points).
+    assert a.final.mean == pytest.approx(0.9700) and a.final.std == pytest.approx(math.sqrt(8 / 3) * 1e-3)
+    assert a.best.mean == pytest.approx(0.9740) and a.best.std == pytest.approx(math.sqrt(2 / 3) * 1e-3)
+    assert b.final.mean == pytest.approx(0.85) and b.final.std == pytest.approx(pop_std(B_FINAL))
+    assert b.best.mean == pytest.approx(0.85) and b.best.std == pytest.approx(math.sqrt(14 / 3) * 1e-2)
+    assert b.best.std == pytest.approx(0.0216025, abs=1e-7)  # ddof=0, not the sample std 0.0264575
+    assert a.delta_points == pytest.approx(97.40 - 97.36) and b.delta_points is None and b.paper is None
+
+
+def test_failed_and_unfinished_runs_listed_not_averaged(runs_root: Path) -> None:
+    report = collect_runs([runs_root])
+    failed = {r.seed: r for r in report.failed}
+    assert set(failed) == {45, 46, 47}
+    assert failed[45].status == "failed" and "IntegerOverflowError" in (failed[45].error or "")
+    assert failed[46].status == "running"
+    assert failed[47].status == "missing summary" and failed[47].experiment == "paper/mlp1_mnist"
+    assert sum(g.n for g in report.groups) == 6
+
+
+def test_broken_summary_is_reported_not_fatal(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "r", experiment="custom", trainer="default", seed=0, group="g")
+    (run / "summary.json").write_text("{not json")
+    bad = make_run(tmp_path / "s", experiment="custom", trainer="default", seed=1, group="g", final=1.5)
+    report = collect_runs([tmp_path])
+    assert report.groups == [] and {r.status for r in report.failed} == {"unreadable"}
+    assert any("not a fraction" in (r.error or "") for r in report.failed if r.path == bad.resolve())
+
+
+def test_per_epoch_mean_and_band(runs_root: Path) -> None:
+    a = collect_runs([runs_root]).groups[0]
+    epochs, mean, std, count = a.per_epoch()
+    assert epochs.tolist() == [1, 2, 3] and count.tolist() == [3, 3, 2]
+    assert mean == pytest.approx([0.6, 0.7, 0.75]) and std == pytest.approx([pop_std([0.5, 0.6, 0.7]),
+                                                                            pop_std([0.6, 0.7, 0.8]), 0.05])
+
+
+def test_format_seeds() -> None:
+    assert format_seeds(range(42, 52)) == "42-51"
+    assert format_seeds([9, 1, 3, 7, 8]) == "1,3,7-9"
+    assert format_seeds([]) == ""
+
+
+def test_duplicate_seed_warns(runs_root: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(runs_root / "outputs" / "2025-01-02" / "01-00-00", copy)
+    report = collect_runs([runs_root, copy])
+    assert report.groups[1].n == 4
+    assert any("seed(s) 1 appear more than once" in w for w in report.warnings)
+
+
+def test_no_runs_is_a_nitro_error(tmp_path: Path) -> None:
+    with pytest.raises(NitroError, match="no training runs found"):
+        collect_runs([tmp_path / "nothing", tmp_path])
+
+
+def test_write_report_files(runs_root: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    out = tmp_path / "rep"
+    console = Console(record=True, width=200)
+    files = write_report(collect_runs([runs_root]), out, console)
+    assert sorted(f.name for f in files) == ["accuracy_per_epoch.png", "report.csv", "report.md",
+                                             "vs_paper.png"]
+    text = console.export_text()
+    assert "97.40 ± 0.08 [0.16]" in text and "97.36 ± 0.12 [0.23]" in text and "+0.04" in text
+    assert "IntegerOverflowError" in text and "42-44" in text
+
+    md = (out / "report.md").read_text()
+    assert "| paper/mlp1_mnist | paper | aaaa1111 | 42-44 | 3 | 97.00 ± 0.16 | 97.40 ± 0.08 [0.16] |" in md
+    assert "| custom | default | bbbb2222 | 1-3 | 3 | 85.00 ± 4.08 | 85.00 ± 2.16 [4.32] | - | - |" in md
+    assert "± is the population σ" in md and "9,984 test images" in md and "all 10,000 test images" in md
+    assert "Failed or unfinished runs (3)" in md and "missing summary" in md and "layer fc1 would wrap" in md
+
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [r["experiment"] for r in rows] == ["paper/mlp1_mnist", "custom"]
+    assert float(rows[0]["best_test_acc_mean_pct"]) == pytest.approx(97.40)
+    assert float(rows[0]["best_test_acc_std_pct"]) == pytest.approx(100 * math.sqrt(2 / 3) * 1e-3, abs=1e-6)
+    assert float(rows[0]["delta_pts"]) == pytest.approx(0.04) and rows[0]["paper_2std_pct"] == "0.23"
+    assert rows[1]["paper_mean_pct"] == "" and rows[1]["seeds"] == "1 2 3" and rows[1]["n"] == "3"
+    for name in ("accuracy_per_epoch.png", "vs_paper.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_vs_paper_skipped_without_paper_rows(runs_root: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "vs_paper.png").write_bytes(b"stale")
+    console = Console(record=True, width=200)
+    files = write_report(collect_runs([runs_root / "outputs"]), out, console)
+    assert "vs_paper.png" not in {f.name for f in files} and not (out / "vs_paper.png").exists()
+    assert "vs_paper.png not written" in console.export_text()
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HYDRA_FULL_ERROR": "0", "COLUMNS": "200"}
+
+
+def test_report_app_end_to_end(runs_root: Path, tmp_path: Path) -> None:
+    """The Hydra app as the dispatcher calls it: a single-string runs=, output into its own run dir."""
+    rep = runs_root / "outputs" / "myreport"  # inside a scanned folder: must not be picked up as a run
+    cmd = [sys.executable, "-m", "nitro_cli.apps.report", f"runs={runs_root}", f"hydra.run.dir={rep}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "97.40 ± 0.08 [0.16]" in res.stdout and "Failed or unfinished runs (3)" in res.stdout
+    written = {p.name for p in rep.iterdir()}
+    assert {"report.md", "report.csv", "accuracy_per_epoch.png", "vs_paper.png"} <= written
+    # out= and a list of folders; a second run over the same folders still finds the same 9 runs.
+    out = tmp_path / "elsewhere"
+    cmd = [sys.executable, "-m", "nitro_cli.apps.report",
+           f"runs=[{runs_root / 'multirun'},{runs_root / 'outputs'}]", f"out={out}", f"hydra.run.dir={rep}2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "2 group(s) from 6 completed run(s), 3 failed/unfinished" in res.stdout
+    assert (out / "report.csv").is_file()
+
+
+def test_report_app_no_runs_exits_2_with_one_line(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "nitro_cli.apps.report", f"runs={tmp_path / 'empty'}",
+           f"hydra.run.dir={tmp_path / 'rep'}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no training runs found"), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+NITRO = Path(sys.executable).parent / "nitro"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nitro_cli.cli") is None or not NITRO.exists(),
+                    reason="the `nitro` console script (nitro_cli/cli.py) is not there yet")
+def test_nitro_report_console_script(runs_root: Path, tmp_path: Path) -> None:
+    rep = tmp_path / "rep"
+    res = subprocess.run([str(NITRO), "report", f"runs={runs_root}", f"hydra.run.dir={rep}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "97.40 ± 0.08 [0.16]" in res.stdout
+    assert (rep / "vs_paper.png").read_bytes()[:8] == PNG_MAGIC
+    res = subprocess.run([str(NITRO), "report", f"runs={tmp_path / 'empty'}", f"hydra.run.dir={rep}2"],
+                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("error: no training runs found")
