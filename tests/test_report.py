@@ -101,6 +101,7 @@ def test_discovery_finds_training_runs_only(runs_root: Path) -> None:
     one = runs_root / "outputs" / "2025-01-02" / "01-00-00"
     assert find_run_dirs([one]) == [one.resolve()]
     assert len(find_run_dirs([runs_root], exclude=[runs_root / "outputs"])) == 6
+    assert len(find_run_dirs([runs_root, runs_root / "multirun"])) == 9  # overlapping roots: no duplicates
 
 
 def test_grouping_means_and_population_sigma(runs_root: Path) -> None:

@@ -138,7 +138,7 @@ def _fill_from_summary(run: Run, s: dict[str, Any]) -> None:
     if isinstance(s.get("seed"), int):
         run.seed = s["seed"]
     run.status = str(s.get("status", "unknown"))
-    run.error = s.get("error") or None
+    run.error = str(s["error"]) if s.get("error") else None
     run.best_epoch = s.get("best_epoch")
     run.epochs_run = s.get("epochs_run")
     run.wall_seconds = s.get("wall_seconds")
