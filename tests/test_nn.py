@@ -75,6 +75,14 @@ def test_nitro_relu_backward_matches_reference(x, data, slope):
     assert nitro_relu_backward(x, delta, slope).tolist() == expected
 
 
+def nhwc(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+
+
+def nchw(a: np.ndarray) -> np.ndarray:
+    return a.transpose(0, 3, 1, 2)
+
+
 def ref_maxpool(x: np.ndarray, g: PoolGeometry):
     n, c, h, w = x.shape
     oh, ow = g.out_size(h, w)
@@ -107,11 +115,11 @@ def test_maxpool_forward_backward_match_reference(n, c, h, w, geom, seed, ties):
     oh, ow = g.out_size(h, w)
     if oh < 1 or ow < 1 or g.ph * 2 > g.kh or g.pw * 2 > g.kw:
         return
-    expected, arg = ref_maxpool(x, g)
-    out, index = maxpool2d(x, g)
-    assert out.dtype == np.int8 and out.tolist() == expected.tolist()
-    delta = rng.integers(-(2**30), 2**30, size=out.shape)
-    back = maxpool2d_backward(delta, index, g, (h, w))
+    expected, arg = ref_maxpool(x, g)  # the reference works on [N, C, H, W]; the layers are channels last
+    out, index = maxpool2d(nhwc(x), g)
+    assert out.dtype == np.int8 and out.tolist() == nhwc(expected).tolist()
+    delta = rng.integers(-(2**30), 2**30, size=expected.shape)
+    back = nchw(maxpool2d_backward(nhwc(delta), index, g, (h, w)))
     ref_back = np.zeros((n, c, h, w), dtype=np.int64)
     for (a, b, i, j), (r, s) in arg.items():
         ref_back[a, b, r, s] += delta[a, b, i, j]
@@ -119,9 +127,10 @@ def test_maxpool_forward_backward_match_reference(n, c, h, w, geom, seed, ties):
 
 
 def test_maxpool_padding_never_wins_on_all_negative_input():
-    x = np.full((1, 1, 28, 28), -128, dtype=np.int8)
-    out, _ = maxpool2d(x, PoolGeometry(8, 4, 4, 0))
-    assert out.shape == (1, 1, 4, 7) and (out == -128).all()
+    x = np.full((1, 28, 28, 1), -128, dtype=np.int8)
+    out, index = maxpool2d(x, PoolGeometry(8, 4, 4, 0))
+    assert out.shape == (1, 4, 7, 1) and (out == -128).all()
+    assert (index[:, 0] == 4 * 4).all()  # top windows: the first real row (i = 4) wins, not the padding
 
 
 def test_linear_forward_and_weight_grad_match_reference():
@@ -142,9 +151,11 @@ def test_conv_layer_matches_reference():
     rng = np.random.default_rng(2)
     layer = IntegerConv2d("conv", 3, 5, rng)
     x = rng.integers(-128, 128, size=(2, 3, 6, 6)).astype(np.int8)
-    assert layer.forward(x).tolist() == ref_conv2d(x, layer.weight).tolist()
+    assert nchw(layer.forward(nhwc(x))).tolist() == ref_conv2d(x, layer.weight).tolist()
+    expected = scaling(ref_conv2d(x, layer.weight).astype(np.int64), layer.fan_in)
+    assert nchw(layer.forward_scaled(nhwc(x))).tolist() == expected.tolist()
     delta = rng.integers(-(2**30), 2**30, size=(2, 5, 6, 6))
-    assert layer.weight_grad(x, delta).tolist() == ref_conv2d_weight_grad(x, delta).tolist()
+    assert layer.weight_grad(nhwc(x), nhwc(delta)).tolist() == ref_conv2d_weight_grad(x, delta).tolist()
 
 
 def test_layers_refuse_wrong_dtype_and_shape():
@@ -155,7 +166,7 @@ def test_layers_refuse_wrong_dtype_and_shape():
     with pytest.raises(LayerInputError, match=r"fc1: expected input of shape \[N, 4\]"):
         fc.forward(np.zeros((2, 5), dtype=np.int8))
     with pytest.raises(LayerInputError, match="conv1"):
-        conv.forward(np.zeros((2, 1, 4, 4), dtype=np.int8))
+        conv.forward(np.zeros((2, 4, 4, 1), dtype=np.int8))
     model = build_model("mlp1", (1, 28, 28), 10, seed_rng=rng)
     with pytest.raises(LayerInputError, match="network expects images"):
         model.predict(np.zeros((2, 1, 32, 32), dtype=np.int8))
@@ -318,7 +329,7 @@ def _ref_local(out, y, head_w, pool):
     """Head forward and backward of one block: returns (head grad, error into the block output)."""
     if pool is not None:
         pooled, arg = ref_maxpool(out.astype(np.int64), pool)
-        flat = pooled.reshape(len(out), -1).astype(object)
+        flat = nhwc(pooled).reshape(len(out), -1).astype(object)  # heads flatten channels last
     else:
         flat = out.reshape(len(out), -1)
     z = _ref_scale(flat @ head_w.T, flat.shape[1])
@@ -327,16 +338,21 @@ def _ref_local(out, y, head_w, pool):
     err = delta @ head_w
     if pool is not None:
         back = np.zeros(out.shape, dtype=object)
-        err = err.reshape(pooled.shape)
+        err = nchw(err.reshape(nhwc(pooled).shape))
         for (a, b, i, j), (r, s) in arg.items():
             back[a, b, r, s] += err[a, b, i, j]
         err = back
     return grad, err.reshape(out.shape)
 
 
-def test_a_whole_training_step_matches_an_independent_reference():
+def _ref_dropout(v, mask, r):
+    return np.vectorize(lambda t, m: tdiv(t * m * r, 1000), otypes=[object])(v, mask)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_a_whole_training_step_matches_an_independent_reference(p):
     rng = np.random.default_rng(11)
-    model = build_model("vgg8b", (2, 6, 6), 3, hidden=[5], features=[4, "M"], decoder_dim=16,
+    model = build_model("vgg8b", (2, 6, 6), 3, hidden=[5], features=[4, "M"], decoder_dim=16, dropout=p,
                         seed_rng=np.random.default_rng(3))
     conv, lin = model.blocks
     assert conv.pool == PoolGeometry(4, 4, 2, 2) and conv.layer.amp_factor == 2  # padded head pool
@@ -345,18 +361,22 @@ def test_a_whole_training_step_matches_an_independent_reference():
     labels = rng.integers(0, 3, size=4)
     y = (np.eye(3, dtype=np.int8) * 32)[labels]
     opt = IntegerSGD(lr_inv=2, fwd_decay_inv=7, subnet_decay_inv=5)
-    model.train_step(x, y, labels, opt)
+    mask_rng = np.random.default_rng(99)
+    model.train_step(x, y, labels, opt, np.random.default_rng(99))
 
+    r = dropout_scale(p) if p else 1000
+    mask1 = nchw(dropout_mask((4, 6, 6, 4), p, mask_rng)) if p else np.ones((4, 4, 6, 6), np.int8)
+    mask2 = dropout_mask((4, 5), p, mask_rng) if p else np.ones((4, 5), np.int8)
     yo = y.astype(object)
     pre1 = _ref_scale(ref_conv2d(x, w["block1"]), 18)
-    out1 = _ref_relu(pre1)
+    out1 = _ref_dropout(_ref_relu(pre1), mask1, r)
     g_head1, err1 = _ref_local(out1, yo, w["block1_head"], conv.pool)
-    g_conv = ref_conv2d_weight_grad(x, _ref_relu_back(pre1, err1))
-    h = ref_maxpool(out1.astype(np.int64), PoolGeometry(2, 2))[0].reshape(4, -1).astype(object)
+    g_conv = ref_conv2d_weight_grad(x, _ref_relu_back(pre1, _ref_dropout(err1, mask1, r)))
+    h = nhwc(ref_maxpool(out1.astype(np.int64), PoolGeometry(2, 2))[0]).reshape(4, -1).astype(object)
     pre2 = _ref_scale(h @ w["block2"].T, 36)
-    out2 = _ref_relu(pre2)
+    out2 = _ref_dropout(_ref_relu(pre2), mask2, r)
     g_head2, err2 = _ref_local(out2, yo, w["block2_head"], None)
-    g_lin = _ref_relu_back(pre2, err2).T @ h
+    g_lin = _ref_relu_back(pre2, _ref_dropout(err2, mask2, r)).T @ h
     y_hat = _ref_scale(out2 @ w["output"].T, 5)
     g_out = (y_hat - yo).T @ out2
     expected = {

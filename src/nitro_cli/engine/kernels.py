@@ -2,12 +2,19 @@
 
 Products go through float BLAS only where the result is provably exact: every partial sum of a length-K
 dot product of integers is bounded by K * max|a| * max|b|, so float32 is exact below 2^24 and float64 below
-2^53 (integers up to those bounds are representable, whatever the summation order). Past 2^53 the kernels
-fall back to NumPy's int64 product, and past 2^63 they raise instead of wrapping.
+2^53 (integers up to those bounds are representable, whatever the summation order). A product too large for
+float32 as a whole may still run in float32 in slices of the inner dimension, each below 2^24, summed in
+float64. Past 2^53 the kernels fall back to NumPy's int64 product, and past 2^63 they raise instead of
+wrapping.
+
+Division of such an exact float result y by an integer s (|y|, s < 2^p with p the float's precision) then
+truncates exactly: the rounding error of y / s is below |y / s| * 2^-p < 1 / s, while y / s is at least 1 / s
+away from any integer it is not equal to, so the rounding can never carry it across an integer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +26,8 @@ FLOAT64_EXACT = 2**53
 INT64_LIMIT = 2**63
 # im2col chunks hold at most this many elements, bounding memory whatever the batch size.
 IM2COL_CHUNK_ELEMENTS = 2**24
+# Below this many inner-dimension terms per float32 slice, slicing costs more than float64 saves.
+MIN_FLOAT32_SLICE = 256
 
 
 class IntegerOverflowError(ArithmeticError):
@@ -46,6 +55,10 @@ def trunc_div(a: Any, b: Any) -> Any:
         b = int(b)
         if b == 0:
             raise ZeroDivisionError("trunc_div by zero")
+        if b > 0 and b & (b - 1) == 0 and a.dtype.kind == "i":
+            # Power of two: add b - 1 to negatives, then shift (arithmetic, so it floors): rounds toward zero.
+            shift = b.bit_length() - 1
+            return (a + ((a >> (a.dtype.itemsize * 8 - 1)) & (b - 1))) >> shift
         if b > 0:
             q = a // b
             return q + ((q < 0) & (q * b != a))
@@ -84,101 +97,183 @@ def isqrt(n: int) -> int:
     return math.isqrt(int(n))
 
 
-def gemm_path(k: int, amax: int, bmax: int) -> str:
+@dataclass(frozen=True)
+class GemmPlan:
+    """How to compute one exact product: `dtype` of the BLAS call and the inner-dimension slice length."""
+
+    dtype: str  # "float32", "float64" or "int64"
+    k_slice: int
+
+    @property
+    def accumulator(self) -> Any:
+        """The dtype holding the exact result (float32 slices are summed in float64)."""
+        return {"float32": np.float32, "float64": np.float64, "int64": np.int64}[self.dtype]
+
+
+def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True) -> GemmPlan:
     """The fastest exact path for a product with inner size k and operand bounds amax, bmax."""
     bound = k * amax * bmax
     if bound < FLOAT32_EXACT:
-        return "float32"
+        return GemmPlan("float32", max(k, 1))
     if bound < FLOAT64_EXACT:
-        return "float64"
+        k_slice = (FLOAT32_EXACT - 1) // (amax * bmax)
+        if allow_slices and k_slice >= MIN_FLOAT32_SLICE:
+            return GemmPlan("float32", k_slice)
+        return GemmPlan("float64", k)
     if bound < INT64_LIMIT:
-        return "int64"
+        return GemmPlan("int64", k)
     raise IntegerOverflowError(
         f"integer product overflows int64: inner size {k} x max|a| {amax} x max|b| {bmax} = {bound} >= 2^63"
     )
 
 
-def _gemm(a: Any, b: Any, path: str) -> Any:
+def gemm_path(k: int, amax: int, bmax: int) -> str:
+    """Name of the plan's path, for tests and benchmarks: float32, float32-sliced, float64 or int64."""
+    plan = gemm_plan(k, amax, bmax)
+    return "float32-sliced" if plan.dtype == "float32" and plan.k_slice < k else plan.dtype
+
+
+def _gemm(a: Any, b: Any, plan: GemmPlan) -> Any:
+    """a @ b as exact integers held in plan.accumulator (float32, float64 or int64)."""
     xp = array_module(a)
-    if path == "int64":
+    if plan.dtype == "int64":
         return xp.matmul(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False))
-    dtype = np.float32 if path == "float32" else np.float64
-    product = xp.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
-    return product.astype(np.int64)
+    dtype = np.float32 if plan.dtype == "float32" else np.float64
+    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    k = a.shape[1]
+    if plan.k_slice >= k:
+        return xp.matmul(a, b)
+    out = xp.zeros((a.shape[0], b.shape[1]), dtype=np.float64)
+    for start in range(0, k, plan.k_slice):
+        out += xp.matmul(a[:, start : start + plan.k_slice], b[start : start + plan.k_slice])
+    return out
 
 
-def matmul(a: Any, b: Any) -> Any:
-    """Exact integer matrix product `a @ b` as int64 (2-D operands)."""
+def _scale_exact(y: Any, divisor: int, lo: int, hi: int) -> Any:
+    """clip(trunc(y / divisor), lo, hi) as int8 for an exact integer result y held in any accumulator."""
+    xp = array_module(y)
+    if y.dtype == np.int64:
+        return saturate(trunc_div(y, divisor), lo, hi, np.int8)
+    if divisor >= (FLOAT32_EXACT if y.dtype == np.float32 else FLOAT64_EXACT):
+        return saturate(trunc_div(y.astype(np.int64), divisor), lo, hi, np.int8)
+    y = y / y.dtype.type(divisor)  # exact truncation, see the module docstring
+    xp.trunc(y, out=y)
+    xp.clip(y, lo, hi, out=y)
+    return y.astype(np.int8)
+
+
+def _check_matmul(a: Any, b: Any) -> None:
     _require_integer(a, "matmul left operand")
     _require_integer(b, "matmul right operand")
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul needs [m, k] @ [k, n], got {tuple(a.shape)} @ {tuple(b.shape)}")
-    return _gemm(a, b, gemm_path(a.shape[1], max_abs(a), max_abs(b)))
 
 
-def _pad_hw(x: Any, padding: int) -> Any:
-    if padding == 0:
-        return x
-    xp = array_module(x)
-    return xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+def matmul(a: Any, b: Any) -> Any:
+    """Exact integer matrix product `a @ b` as int64 (2-D operands)."""
+    _check_matmul(a, b)
+    return _gemm(a, b, gemm_plan(a.shape[1], max_abs(a), max_abs(b))).astype(np.int64, copy=False)
 
 
-def _im2col(xpad: Any, kh: int, kw: int, out_h: int, out_w: int) -> Any:
-    """Columns [N*out_h*out_w, C*kh*kw] ordered (c, i, j) to match an OIHW weight reshaped to [O, C*kh*kw]."""
-    xp = array_module(xpad)
-    n, c = xpad.shape[:2]
-    patches = xp.stack(
-        [xpad[:, :, i : i + out_h, j : j + out_w] for i in range(kh) for j in range(kw)], axis=2
-    )  # [N, C, kh*kw, out_h, out_w]
-    return patches.transpose(0, 3, 4, 1, 2).reshape(n * out_h * out_w, c * kh * kw)
+def matmul_scaled(a: Any, b: Any, divisor: int, lo: int = -127, hi: int = 127) -> Any:
+    """clip(trunc((a @ b) / divisor), lo, hi) as int8, without materializing the int64 product."""
+    _check_matmul(a, b)
+    return _scale_exact(_gemm(a, b, gemm_plan(a.shape[1], max_abs(a), max_abs(b))), divisor, lo, hi)
 
 
-def _batch_chunks(n: int, per_sample: int) -> range:
-    step = max(1, IM2COL_CHUNK_ELEMENTS // max(1, per_sample))
-    return range(0, n, step)
+def _im2col(x_nhwc: Any, kh: int, kw: int, padding: int, dtype: Any) -> Any:
+    """Columns [N*H'*W', kh*kw*C] in (i, j, c) order, built straight in the GEMM's dtype."""
+    xp = array_module(x_nhwc)
+    n, h, w, c = x_nhwc.shape
+    out_h, out_w = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    cols = xp.zeros((n, out_h, out_w, kh * kw, c), dtype=dtype)
+    for i in range(kh):
+        for j in range(kw):
+            # Output rows whose window position (i, j) falls inside the image; the rest stay zero (padding).
+            r0, r1 = max(0, padding - i), min(out_h, h + padding - i)
+            c0, c1 = max(0, padding - j), min(out_w, w + padding - j)
+            cols[:, r0:r1, c0:c1, i * kw + j, :] = x_nhwc[:, r0 + i - padding : r1 + i - padding,
+                                                          c0 + j - padding : c1 + j - padding, :]
+    return cols.reshape(n * out_h * out_w, kh * kw * c)
+
+
+def _batch_step(per_sample: int) -> int:
+    return max(1, IM2COL_CHUNK_ELEMENTS // max(1, per_sample))
+
+
+def _conv_checks(x_nhwc: Any, w: Any, padding: int) -> tuple[int, int]:
+    _require_integer(x_nhwc, "conv2d input")
+    _require_integer(w, "conv2d weight")
+    if x_nhwc.ndim != 4 or w.ndim != 4 or x_nhwc.shape[3] != w.shape[1]:
+        raise ValueError(f"conv2d needs x [N, H, W, C] (channels last) and w [O, C, kh, kw], got "
+                         f"{x_nhwc.shape} and {w.shape}")
+    return x_nhwc.shape[1] + 2 * padding - w.shape[2] + 1, x_nhwc.shape[2] + 2 * padding - w.shape[3] + 1
+
+
+def _conv_forward(x_nhwc: Any, w: Any, padding: int, finish: Any, out_dtype: Any) -> Any:
+    """Shared im2col loop of the forward convolutions; `finish` turns each exact chunk into the output."""
+    xp = array_module(x_nhwc)
+    out_h, out_w = _conv_checks(x_nhwc, w, padding)
+    n, c = x_nhwc.shape[0], x_nhwc.shape[3]
+    o, _, kh, kw = w.shape
+    k = c * kh * kw
+    plan = gemm_plan(k, max_abs(x_nhwc), max_abs(w))
+    wmat = w.transpose(2, 3, 1, 0).reshape(k, o)  # (i, j, c) rows, matching the columns
+    gemm_dtype = np.int64 if plan.dtype == "int64" else plan.accumulator
+    out = xp.empty((n, out_h, out_w, o), dtype=out_dtype)
+    step = _batch_step(out_h * out_w * k)
+    for start in range(0, n, step):
+        cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, gemm_dtype)
+        out[start : start + step] = finish(_gemm(cols, wmat, plan)).reshape(-1, out_h, out_w, o)
+    return out
+
+
+def conv2d_nhwc(x_nhwc: Any, w: Any, padding: int = 1) -> Any:
+    """Exact int64 correlation, stride 1, channels last: [N, H, W, C] * [O, C, kh, kw] -> [N, H', W', O]"""
+    return _conv_forward(x_nhwc, w, padding, lambda y: y.astype(np.int64, copy=False), np.int64)
+
+
+def conv2d_nhwc_scaled(x_nhwc: Any, w: Any, divisor: int, padding: int = 1, lo: int = -127,
+                       hi: int = 127) -> Any:
+    """clip(trunc(conv2d_nhwc(x, w) / divisor), lo, hi) as int8, without the int64 intermediate."""
+    return _conv_forward(x_nhwc, w, padding, lambda y: _scale_exact(y, divisor, lo, hi), np.int8)
 
 
 def conv2d(x: Any, w: Any, padding: int = 1) -> Any:
     """Exact int64 cross-correlation, stride 1: x [N, C, H, W], w [O, C, kh, kw] -> [N, O, H', W']."""
     _require_integer(x, "conv2d input")
-    _require_integer(w, "conv2d weight")
-    if x.ndim != 4 or w.ndim != 4 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"conv2d needs x [N, C, H, W] and w [O, C, kh, kw], got {x.shape} and {w.shape}")
-    xp = array_module(x)
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    out_h, out_w = h + 2 * padding - kh + 1, wd + 2 * padding - kw + 1
-    path = gemm_path(c * kh * kw, max_abs(x), max_abs(w))
-    wmat = w.reshape(o, c * kh * kw).T
-    xpad = _pad_hw(x, padding)
-    out = xp.empty((n, o, out_h, out_w), dtype=np.int64)
-    step = _batch_chunks(n, out_h * out_w * c * kh * kw).step
+    if x.ndim != 4:
+        raise ValueError(f"conv2d needs x [N, C, H, W], got {x.shape}")
+    return conv2d_nhwc(x.transpose(0, 2, 3, 1), w, padding).transpose(0, 3, 1, 2)
+
+
+def conv2d_weight_grad_nhwc(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, int] = (3, 3),
+                            padding: int = 1) -> Any:
+    """Exact int64 weight gradient [O, C, kh, kw], channels last:
+    dW[o,c,i,j] = sum_{n,h,w} delta[n,h,w,o] * xpad[n,h+i,w+j,c]."""
+    _require_integer(x_nhwc, "conv2d_weight_grad input")
+    _require_integer(delta_nhwc, "conv2d_weight_grad error")
+    kh, kw = kernel
+    n, h, w, c = x_nhwc.shape
+    out_h, out_w = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    if delta_nhwc.ndim != 4 or delta_nhwc.shape[0] != n or delta_nhwc.shape[1:3] != (out_h, out_w):
+        raise ValueError(f"conv2d_weight_grad: error shape {delta_nhwc.shape} does not match input "
+                         f"{x_nhwc.shape}")
+    xp = array_module(x_nhwc)
+    o = delta_nhwc.shape[3]
+    # The batch chunks slice the inner dimension; their sum stays exact in the accumulator.
+    plan = gemm_plan(n * out_h * out_w, max_abs(x_nhwc), max_abs(delta_nhwc), allow_slices=False)
+    dtype = plan.accumulator
+    grad = xp.zeros((o, kh * kw * c), dtype=dtype)
+    step = _batch_step(out_h * out_w * kh * kw * c)
     for start in range(0, n, step):
-        part = xpad[start : start + step]
-        cols = _im2col(part, kh, kw, out_h, out_w)
-        y = _gemm(cols, wmat, path).reshape(part.shape[0], out_h, out_w, o)
-        out[start : start + step] = y.transpose(0, 3, 1, 2)
-    return out
+        cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, dtype)
+        grad += xp.matmul(delta_nhwc[start : start + step].reshape(-1, o).astype(dtype).T, cols)
+    return grad.astype(np.int64).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
 
 
 def conv2d_weight_grad(x: Any, delta: Any, kernel: tuple[int, int] = (3, 3), padding: int = 1) -> Any:
     """Exact int64 weight gradient of conv2d: dW[o,c,i,j] = sum_{n,h,w} delta[n,o,h,w] * xpad[n,c,h+i,w+j]."""
-    _require_integer(x, "conv2d_weight_grad input")
-    _require_integer(delta, "conv2d_weight_grad error")
-    kh, kw = kernel
-    n, c, h, wd = x.shape
-    out_h, out_w = h + 2 * padding - kh + 1, wd + 2 * padding - kw + 1
-    if delta.ndim != 4 or delta.shape[0] != n or delta.shape[2:] != (out_h, out_w):
-        raise ValueError(f"conv2d_weight_grad: error shape {delta.shape} does not match input {x.shape}")
-    xp = array_module(x)
-    o = delta.shape[1]
-    path = gemm_path(n * out_h * out_w, max_abs(x), max_abs(delta))
-    xpad = _pad_hw(x, padding)
-    grad = xp.zeros((o, c * kh * kw), dtype=np.int64)
-    step = _batch_chunks(n, out_h * out_w * c * kh * kw).step
-    for start in range(0, n, step):
-        part = xpad[start : start + step]
-        cols = _im2col(part, kh, kw, out_h, out_w)
-        d = delta[start : start + step].transpose(0, 2, 3, 1).reshape(-1, o)
-        grad += _gemm(d.T, cols, path)
-    return grad.reshape(o, c, kh, kw)
+    if x.ndim != 4 or delta.ndim != 4:
+        raise ValueError(f"conv2d_weight_grad needs 4-D arrays, got {x.shape} and {delta.shape}")
+    return conv2d_weight_grad_nhwc(x.transpose(0, 2, 3, 1), delta.transpose(0, 2, 3, 1), kernel, padding)

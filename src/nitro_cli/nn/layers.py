@@ -13,10 +13,12 @@ import numpy as np
 from ..engine import (
     IntegerOverflowError,
     array_module,
-    conv2d,
-    conv2d_weight_grad,
+    conv2d_nhwc,
+    conv2d_nhwc_scaled,
+    conv2d_weight_grad_nhwc,
     isqrt,
     matmul,
+    matmul_scaled,
     max_abs,
     saturate,
     trunc_div,
@@ -71,6 +73,13 @@ class IntegerLinear:
         y = matmul(x, self.weight.T)
         return y if self.bias is None else y + self.bias
 
+    def forward_scaled(self, x: Any) -> Any:
+        """scaling(forward(x)) in one pass, without the int64 intermediate."""
+        if self.bias is not None:
+            return scaling(self.forward(x), self.fan_in)
+        check_input(x, self.name, 2, (self.in_features,))
+        return matmul_scaled(x, self.weight.T, SCALE_PER_FAN_IN * self.fan_in)
+
     def weight_grad(self, x: Any, delta: Any) -> Any:
         """delta.T @ x: the gradient of the weight for the error `delta` [N, out]."""
         return matmul(delta.T, x)
@@ -81,7 +90,11 @@ class IntegerLinear:
 
 
 class IntegerConv2d:
-    """3x3 cross-correlation, stride 1, zero padding 1; W int32 [out, in, 3, 3]."""
+    """3x3 cross-correlation, stride 1, zero padding 1, on channels-last images [N, H, W, C].
+
+    W is int32 [out, in, 3, 3] as usual; channels-last activations let the GEMM write its output in place
+    and keep every reshape between conv, pooling and flatten a free view.
+    """
 
     kernel = 3
     padding = 1
@@ -95,17 +108,27 @@ class IntegerConv2d:
         self.weight = xp.asarray(init_weight(shape, self.fan_in, rng))
         self.bias = xp.zeros(out_channels, dtype=np.int32) if bias else None
 
-    def forward(self, x: Any) -> Any:
-        if not np.issubdtype(x.dtype, np.integer) or x.ndim != 4 or x.shape[1] != self.in_channels:
+    def _check(self, x: Any) -> None:
+        if not np.issubdtype(x.dtype, np.integer) or x.ndim != 4 or x.shape[3] != self.in_channels:
             raise LayerInputError(
-                f"{self.name}: expected an integer array [N, {self.in_channels}, H, W], "
+                f"{self.name}: expected an integer array [N, H, W, {self.in_channels}] (channels last), "
                 f"got dtype {x.dtype} shape {list(x.shape)}"
             )
-        y = conv2d(x, self.weight, padding=self.padding)
-        return y if self.bias is None else y + self.bias[None, :, None, None]
+
+    def forward(self, x: Any) -> Any:
+        self._check(x)
+        y = conv2d_nhwc(x, self.weight, padding=self.padding)
+        return y if self.bias is None else y + self.bias
+
+    def forward_scaled(self, x: Any) -> Any:
+        """scaling(forward(x)) in one pass, without the int64 intermediate."""
+        if self.bias is not None:
+            return scaling(self.forward(x), self.fan_in)
+        self._check(x)
+        return conv2d_nhwc_scaled(x, self.weight, SCALE_PER_FAN_IN * self.fan_in, padding=self.padding)
 
     def weight_grad(self, x: Any, delta: Any) -> Any:
-        return conv2d_weight_grad(x, delta, (self.kernel, self.kernel), self.padding)
+        return conv2d_weight_grad_nhwc(x, delta, (self.kernel, self.kernel), self.padding)
 
 
 def scaling(x: Any, fan_in: int) -> Any:
@@ -128,9 +151,11 @@ def nitro_relu_backward(x: Any, delta: Any, slope: int = 4) -> Any:
     """trunc(delta / g): g = 1 on [0, 127), g = slope on [-127, 0); zero error where the input saturated."""
     xp = array_module(x)
     x = x.astype(np.int16)
-    positive = (x >= 0) & (x < 127)
+    zero = delta.dtype.type(0)
     negative = (x >= -127) & (x < 0)
-    return xp.where(positive, delta, xp.where(negative, trunc_div(delta, slope), 0))
+    out = xp.where(negative, trunc_div(delta, slope), delta)
+    out[(x >= 127) | (x < -127)] = zero
+    return out
 
 
 @dataclass(frozen=True)
@@ -147,13 +172,14 @@ class PoolGeometry:
 
 
 def maxpool2d(x: Any, geom: PoolGeometry) -> tuple[Any, Any]:
-    """Max over non-overlapping windows; returns the output and the index of each window's first maximum.
+    """Max over non-overlapping windows of channels-last x [N, H, W, C].
 
-    Rows and columns that do not fill a whole window are dropped (floor mode), as in PyTorch.
+    Returns the output and, per window, the position (i * kw + j) of its first maximum. Rows and columns
+    that do not fill a whole window are dropped (floor mode), as in PyTorch.
     """
     xp = array_module(x)
     dtype = x.dtype
-    n, c, h, w = x.shape
+    n, h, w, c = x.shape
     oh, ow = geom.out_size(h, w)
     if oh < 1 or ow < 1:
         raise LayerInputError(f"max-pool {geom} does not fit a {h}x{w} feature map")
@@ -161,32 +187,47 @@ def maxpool2d(x: Any, geom: PoolGeometry) -> tuple[Any, Any]:
         # Pad in a wider type with its minimum, a value the data cannot hold, so padding never wins
         # (the reference wrote int32 min into int8 arrays).
         wide = np.int32 if x.dtype.itemsize <= 2 else np.int64
-        x = xp.pad(x.astype(wide), ((0, 0), (0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw)),
+        x = xp.pad(x.astype(wide), ((0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw), (0, 0)),
                    constant_values=np.iinfo(wide).min)
-    windows = _windows(x[:, :, : oh * geom.kh, : ow * geom.kw], geom, oh, ow)
-    index = windows.argmax(axis=-1)
-    out = xp.take_along_axis(windows, index[..., None], axis=-1)[..., 0]
+    windows = x[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
+    offsets = [(i, j) for i in range(geom.kh) for j in range(geom.kw)]
+    out = windows[:, :, 0, :, 0].copy()
+    for i, j in offsets[1:]:
+        xp.maximum(out, windows[:, :, i, :, j], out=out)
+    # Scanning in window order and keeping the first hit gives the first maximum, as the spec routes it.
+    index = xp.full(out.shape, len(offsets), dtype=np.int16)
+    for pos, (i, j) in enumerate(offsets):
+        xp.minimum(index, xp.where(windows[:, :, i, :, j] == out, pos, len(offsets)), out=index)
     return out.astype(dtype, copy=False), index
 
 
 def maxpool2d_backward(delta: Any, index: Any, geom: PoolGeometry, in_hw: tuple[int, int]) -> Any:
-    """Route each window's error to its first maximum; every other input position gets zero."""
+    """Route each window's error to its first maximum; other input positions get zero (channels last)."""
     xp = array_module(delta)
-    n, c, oh, ow = delta.shape
+    n, oh, ow, c = delta.shape
     h, w = in_hw
-    windows = xp.zeros((n, c, oh, ow, geom.kh * geom.kw), dtype=delta.dtype)
-    xp.put_along_axis(windows, index[..., None], delta[..., None], axis=-1)
-    grid = windows.reshape(n, c, oh, ow, geom.kh, geom.kw).transpose(0, 1, 2, 4, 3, 5)
-    grid = grid.reshape(n, c, oh * geom.kh, ow * geom.kw)
-    full = xp.zeros((n, c, h + 2 * geom.ph, w + 2 * geom.pw), dtype=delta.dtype)
-    full[:, :, : oh * geom.kh, : ow * geom.kw] = grid
-    return full[:, :, geom.ph : geom.ph + h, geom.pw : geom.pw + w]
+    full = xp.zeros((n, h + 2 * geom.ph, w + 2 * geom.pw, c), dtype=delta.dtype)
+    windows = full[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
+    zero = delta.dtype.type(0)
+    for pos in range(geom.kh * geom.kw):
+        i, j = divmod(pos, geom.kw)
+        windows[:, :, i, :, j] = xp.where(index == pos, delta, zero)
+    return full[:, geom.ph : geom.ph + h, geom.pw : geom.pw + w]
 
 
-def _windows(x: Any, geom: PoolGeometry, oh: int, ow: int) -> Any:
-    n, c = x.shape[:2]
-    v = x.reshape(n, c, oh, geom.kh, ow, geom.kw).transpose(0, 1, 2, 4, 3, 5)
-    return v.reshape(n, c, oh, ow, geom.kh * geom.kw)
+def maxpool2d_gather(x: Any, index: Any, geom: PoolGeometry) -> Any:
+    """The values of x (channels last, same shape as the pooled input) at each window's first maximum."""
+    xp = array_module(x)
+    n, h, w, c = x.shape
+    oh, ow = index.shape[1:3]
+    if geom.ph or geom.pw:
+        x = xp.pad(x, ((0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw), (0, 0)))
+    windows = x[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
+    out = xp.zeros(index.shape, dtype=x.dtype)
+    for pos in range(geom.kh * geom.kw):
+        i, j = divmod(pos, geom.kw)
+        xp.copyto(out, windows[:, :, i, :, j], where=index == pos)
+    return out
 
 
 def dropout_scale(p: float) -> int:

@@ -21,9 +21,9 @@ from .layers import (
     dropout_scale,
     maxpool2d,
     maxpool2d_backward,
+    maxpool2d_gather,
     nitro_relu,
     nitro_relu_backward,
-    scaling,
 )
 
 DECODER_DIM = 4096
@@ -90,7 +90,7 @@ class LocalBlock:
         self.pool: PoolGeometry | None = None
         head_dim = out_shape[0]
         if len(out_shape) == 3:
-            c, h, w = out_shape
+            c, h, w = out_shape  # the activations themselves are channels last: [N, h, w, c]
             self.pool = head_pool_geometry(c, h, w, decoder_dim)
             ph, pw = self.pool.out_size(h, w)
             head_dim = c * ph * pw
@@ -99,7 +99,7 @@ class LocalBlock:
         self.head.role, self.head.amp_factor = "head", 1
 
     def forward(self, x: Any, mask: Any = None) -> Any:
-        out = nitro_relu(scaling(self.layer.forward(x), self.layer.fan_in), self.slope)
+        out = nitro_relu(self.layer.forward_scaled(x), self.slope)
         return out if mask is None else dropout(out, mask, self.dropout_r)
 
     def head_input(self, out: Any) -> tuple[Any, Any]:
@@ -111,13 +111,13 @@ class LocalBlock:
 
     def head_forward(self, out: Any) -> Any:
         flat, _ = self.head_input(out)
-        return scaling(self.head.forward(flat), self.head.fan_in)
+        return self.head.forward_scaled(flat)
 
     def train_step(self, x: Any, y: Any, optimizer: Optimizer, num_classes: int,
                    dropout_rng: np.random.Generator | None) -> tuple[Any, Any]:
         """Forward, local loss, and updates of the head and the block layer; returns (output, head logits)."""
         xp = array_module(x)
-        pre = scaling(self.layer.forward(x), self.layer.fan_in)
+        pre = self.layer.forward_scaled(x)
         act = nitro_relu(pre, self.slope)
         mask = None
         if self.dropout_p > 0:
@@ -126,25 +126,31 @@ class LocalBlock:
         else:
             out = act
         flat, index = self.head_input(out)
-        y_local = scaling(self.head.forward(flat), self.head.fan_in)
+        y_local = self.head.forward_scaled(flat)
         delta = output_error(y_local, y)
         head_grad = self.head.weight_grad(flat, delta)
         err = self.head.input_error(delta)  # pre-update head weights
         optimizer.step(self.head, head_grad, num_classes)
         if self.pool is not None:
-            pooled_shape = (out.shape[0], out.shape[1], *self.pool.out_size(*out.shape[2:]))
-            err = maxpool2d_backward(err.reshape(pooled_shape), index, self.pool, tuple(out.shape[2:]))
+            # Only each window's first maximum receives error, and the dropout and ReLU backward passes
+            # are elementwise and map 0 to 0: apply them at pooled size, then route (exactly equal).
+            hw = tuple(out.shape[1:3])
+            err = err.reshape(index.shape)
+            if mask is not None:
+                err = dropout(err, maxpool2d_gather(mask, index, self.pool), self.dropout_r)
+            err = nitro_relu_backward(maxpool2d_gather(pre, index, self.pool), err, self.slope)
+            err = maxpool2d_backward(err, index, self.pool, hw)
         else:
             err = err.reshape(out.shape)
-        if mask is not None:
-            err = dropout(err, mask, self.dropout_r)
-        err = nitro_relu_backward(pre, err, self.slope)  # Scaling's backward is the identity
+            if mask is not None:
+                err = dropout(err, mask, self.dropout_r)
+            err = nitro_relu_backward(pre, err, self.slope)  # Scaling's backward is the identity
         optimizer.step(self.layer, self.layer.weight_grad(x, err), num_classes)
         return out, y_local
 
 
 class FeaturePool:
-    """A 2x2 max-pool between conv blocks: forward only, since no error crosses block boundaries."""
+    """A 2x2 max-pool between conv blocks (channels last): forward only, as no error crosses blocks."""
 
     def __init__(self) -> None:
         self.geom = PoolGeometry(2, 2)
@@ -170,6 +176,7 @@ class NitroNet:
         self.output.role, self.output.amp_factor = "output", 1
         self.in_shape, self.num_classes, self.config, self.xp = in_shape, num_classes, config, xp
         self.blocks = [s for s in stages if isinstance(s, LocalBlock)]
+        self.channels_last = any(isinstance(b.layer, IntegerConv2d) for b in self.blocks)
 
     @property
     def head_names(self) -> list[str]:
@@ -183,11 +190,14 @@ class NitroNet:
         return [*found, self.output]
 
     def _check(self, x: Any) -> Any:
+        """Refuse bad images; move them to the device, channels last when the network convolves."""
         if not np.issubdtype(x.dtype, np.integer):
             raise LayerInputError(f"network input must be an integer array, got dtype {x.dtype}")
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
             raise LayerInputError(f"network expects images [N, {', '.join(map(str, self.in_shape))}], "
                                   f"got {list(x.shape)}")
+        if self.channels_last:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         return self.xp.asarray(x)
 
     def train_step(self, x: Any, y_onehot: Any, labels: Any, optimizer: Optimizer,
@@ -203,7 +213,7 @@ class NitroNet:
                 head_correct.append(int((to_host(y_local.argmax(axis=1)) == labels).sum()))
             else:
                 h = stage.forward(h)
-        y_hat = scaling(self.output.forward(h), self.output.fan_in)
+        y_hat = self.output.forward_scaled(h)
         delta = output_error(y_hat, y)
         optimizer.step(self.output, self.output.weight_grad(h, delta), self.num_classes)
         loss = float(to_host((delta * delta).sum())) / 2 / len(labels)
@@ -218,7 +228,7 @@ class NitroNet:
             h = stage.forward(h)
             if isinstance(stage, LocalBlock):
                 heads.append(to_host(stage.head_forward(h)))
-        return to_host(scaling(self.output.forward(h), self.output.fan_in)), heads
+        return to_host(self.output.forward_scaled(h)), heads
 
     def evaluate(self, x: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> EvalResult:
         """Accuracy of the output and of every head over all of `x` (the last partial batch included)."""
