@@ -10,10 +10,13 @@ from nitro_cli.engine import (
     IntegerOverflowError,
     RngStreams,
     conv2d,
+    conv2d_nhwc_scaled,
     conv2d_weight_grad,
     gemm_path,
     get_backend,
+    kernels,
     matmul,
+    matmul_scaled,
     saturate,
     trunc_div,
 )
@@ -200,3 +203,63 @@ def test_backend_selection():
     except ImportError:
         with pytest.raises(BackendUnavailable, match="engine=cupy"):
             get_backend("cupy")
+
+
+def ref_scaled(y: np.ndarray, divisor: int) -> list:
+    def one(v):
+        return max(-127, min(127, ref_trunc_div(int(v), divisor)))
+    return np.vectorize(one, otypes=[object])(y).tolist()
+
+
+@pytest.mark.parametrize(
+    ("wmax", "k", "path"),
+    [(64, 100, "float32"), (64, 3000, "float32-sliced"), (2**17, 300, "float64"),
+     (2**31 - 1, 2**16, "int64")],
+)
+def test_every_gemm_path_is_exact_and_chosen_by_the_bound(wmax, k, path):
+    rng = np.random.default_rng(k)
+    a = rng.integers(-128, 128, size=(7, k)).astype(np.int8)
+    a[0, 0] = -128
+    b = rng.integers(-wmax, wmax, size=(k, 5), endpoint=True).astype(np.int32)
+    b[0, 0] = -wmax
+    assert gemm_path(k, 128, wmax) == path
+    expected = ref_matmul(a, b)
+    assert matmul(a, b).tolist() == expected.tolist()
+    for divisor in (1, 3, 256 * k, 256 * k + 1):
+        assert matmul_scaled(a, b, divisor).tolist() == ref_scaled(expected, divisor)
+
+
+def test_sliced_float32_would_be_wrong_unsliced():
+    k = 4096
+    a = np.full((1, k), 127, dtype=np.int8)
+    b = np.full((k, 1), 63, dtype=np.int32)
+    b[0, 0] = 64  # the exact sum 127 * (63 * 4096 + 1) is odd and above 2^24: float32 cannot hold it
+    assert gemm_path(k, 127, 64) == "float32-sliced"
+    unsliced = int((a.astype(np.float32) @ b.astype(np.float32))[0, 0])
+    assert unsliced != 127 * (63 * k + 1)
+    assert matmul(a, b)[0, 0] == 127 * (63 * k + 1)
+
+
+def test_scaled_division_is_exact_next_to_integer_quotients():
+    """y = q * s - 1 and q * s + 1 sit 1/s from an integer quotient: truncation must not round across it."""
+    s = 256 * 4607
+    qs = np.arange(-130, 131, dtype=np.int64)
+    y = np.concatenate([qs * s - 1, qs * s, qs * s + 1])
+    for dtype in (np.float32, np.float64):
+        bound = 2**24 if dtype == np.float32 else 2**53
+        held = y[np.abs(y) < bound]
+        assert kernels._scale_exact(held.astype(dtype), s, -127, 127).tolist() == ref_scaled(held, s)
+    assert kernels._scale_exact(y, s, -127, 127).tolist() == ref_scaled(y, s)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 5), st.integers(1, 6),
+       st.sampled_from([64, 2**12, 2**20, 2**31 - 1]), st.integers(0, 2**32 - 1))
+def test_channels_last_scaled_conv_matches_reference(n, c, o, hw, wmax, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=(n, c, hw, hw)).astype(np.int8)
+    w = rng.integers(-wmax, wmax, size=(o, c, 3, 3), endpoint=True).astype(np.int32)
+    expected = ref_conv2d(x, w)
+    divisor = 256 * c * 9
+    got = conv2d_nhwc_scaled(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), w, divisor).transpose(0, 3, 1, 2)
+    assert got.tolist() == ref_scaled(expected, divisor)
