@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import nitro_cli
 from nitro_cli.errors import NitroError
 from nitro_cli.report import PAPER_ROWS, collect_runs, find_run_dirs, format_seeds, paper_row, write_report
 
@@ -237,6 +238,22 @@ def test_report_app_no_runs_exits_2_with_one_line(tmp_path: Path) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no training runs found"), res.stderr
     assert "Traceback" not in res.stderr
+
+
+CONFIGS_IS_PACKAGE = (Path(nitro_cli.__file__).parent / "configs" / "__init__.py").exists()
+
+
+@pytest.mark.skipif(not CONFIGS_IS_PACKAGE,
+                    reason="src/nitro_cli/configs/__init__.py is missing (CLI engineer's folder): Hydra "
+                    "finds configs through that package when a dispatcher imports and calls main()")
+def test_report_main_called_like_the_dispatcher(runs_root: Path, tmp_path: Path) -> None:
+    """main() imported and called from other code (not as __main__), with sys.argv rewritten."""
+    code = ("import sys; from nitro_cli.apps.report import main; "
+            f"sys.argv = ['nitro', 'runs={runs_root}', 'hydra.run.dir={tmp_path / 'rep'}']; main()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "rep" / "report.md").is_file()
 
 
 NITRO = Path(sys.executable).parent / "nitro"
