@@ -362,3 +362,13 @@ def verify_dataset(name: str, root: str | None = None) -> list[FileStatus]:
         return [FileStatus(path, True)]
     base = data_root(root)
     return [_check_file(info, base, spec) for spec in _choose_layout(info, base)]
+
+
+def dataset_files(name: str, root: str | None = None) -> list[tuple[FileSpec, Path | None]]:
+    """The files of the layout in use (as `verify_dataset` picks it), each with its path or None if absent.
+
+    Cheap (no reading): for presence checks and for telling the user where files go.
+    """
+    info = dataset_info(name)
+    base = data_root(root)
+    return [(spec, _locate(base, spec)) for spec in (_choose_layout(info, base) if not info.embedded else ())]

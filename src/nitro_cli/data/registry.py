@@ -122,7 +122,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "t10k-images": "2646ac647ad5339dbf082846283269ea",
             "t10k-labels": "27ae3e4e09519cfbb04c329615203637",
         }),
-        instructions=_idx_instructions("MNIST", "mnist", "http://yann.lecun.com/exdb/mnist/"),
+        instructions=_idx_instructions("MNIST", "mnist", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
         source="MNIST (LeCun, Cortes, Burges)", licence="CC BY-SA 3.0",
     ),
     "fashion_mnist": DatasetInfo(
@@ -151,8 +151,7 @@ DATASETS: dict[str, DatasetInfo] = {
         alt_files=tuple(FileSpec(f"cifar-10-batches-py/{b}", m, None, _cifar_split(b), "batch", CIFAR_RECORDS)
                         for b, m in _CIFAR_PY_MD5.items()),
         instructions=("run `nitro data fetch cifar10` (needs torchvision and network; writes "
-                      "<root>/cifar-10-batches-py/), or build the binary version with "
-                      "`scripts/get-cifar10 <root>` / unpack cifar-10-binary.tar.gz from "
+                      "<root>/cifar-10-batches-py/), or unpack cifar-10-binary.tar.gz from "
                       "https://www.cs.toronto.edu/~kriz/cifar.html so that <root>/cifar-10-batches-bin/ "
                       "holds data_batch_1.bin..data_batch_5.bin and test_batch.bin"),
         source="CIFAR-10 (Krizhevsky 2009)", licence="see https://www.cs.toronto.edu/~kriz/cifar.html",
