@@ -1,0 +1,22 @@
+"""The training and evaluation loop, checkpoints, config validation and progress display (no Hydra here)."""
+
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .config import experiment_group, validate_eval_config, validate_train_config
+from .evaluate import EvalReport, evaluate_checkpoint, model_from_checkpoint
+from .loop import Summary, TrainingInterrupted, fit, resume_config
+
+__all__ = [
+    "Checkpoint",
+    "EvalReport",
+    "Summary",
+    "TrainingInterrupted",
+    "evaluate_checkpoint",
+    "experiment_group",
+    "fit",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "resume_config",
+    "save_checkpoint",
+    "validate_eval_config",
+    "validate_train_config",
+]

@@ -1,0 +1,56 @@
+"""What the Hydra apps share: turning a task's failure into one `error:` line and the right exit code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import NitroError
+
+
+class JobFailed(NitroError):
+    """A job of a multirun failed; raised (not exited) so that Hydra goes on with the other jobs."""
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as a plain dict with interpolations resolved (a bad one is a user error)."""
+    try:
+        out = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise NitroError(f"cannot resolve the config: {' '.join(str(exc).split())}") from None
+    assert isinstance(out, dict)
+    return out
+
+
+def explicit_keys() -> list[str]:
+    """The config keys set on the command line (`model=mlp2` -> "model", `+a.b=1` -> "a.b")."""
+    keys = []
+    for item in HydraConfig.get().overrides.task:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key and not key.startswith("hydra"):
+            keys.append(key.removesuffix("@_global_"))
+    return keys
+
+
+def run_task(task: Callable[[], Any]) -> Any:
+    """Run an app's work; a NitroError ends as `error: <message>` and exit code 2.
+
+    Inside a multirun the error is re-raised as JobFailed instead: Hydra records the job as failed and runs
+    the others (a SystemExit would stop the whole sweep); `nitro` exits with 2 at the end.
+    """
+    try:
+        return task()
+    except NitroError as exc:
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            overrides = " ".join(hc.overrides.task)
+            print(f"error: job {hc.job.num} ({overrides}): {exc}", file=sys.stderr, flush=True)
+            raise JobFailed(f"job {hc.job.num} ({overrides}) of the sweep failed: {exc}") from None
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -1,0 +1,62 @@
+"""`nitro eval ckpt=...`: accuracy, per-head accuracies and a confusion matrix, printed and in eval.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import NitroError
+from ..runner import EvalReport, evaluate_checkpoint, validate_eval_config
+from ..runner.checkpoint import atomic_write_text
+from .common import plain_config, run_task
+
+
+def show(report: EvalReport, console: Console) -> None:
+    """Accuracy, then one row per learning head, then the confusion matrix (rows: truth, columns: guess)."""
+    console.print(f"[bold]{report.ckpt}[/] (epoch {report.epoch}) on {report.data} test, {report.n} images: "
+                  f"accuracy [bold]{report.test_accuracy:.2%}[/] ({report.test_accuracy!r})")
+    heads = Table(title="learning heads", title_justify="left")
+    heads.add_column("head")
+    heads.add_column("accuracy", justify="right")
+    for name, acc in zip(report.head_names, report.head_accuracies, strict=True):
+        heads.add_row(name, f"{acc:.2%}")
+    console.print(heads)
+    conf = Table(title="confusion (rows: true class, columns: predicted)", title_justify="left")
+    conf.add_column("true \\ pred")
+    labels = [str(c) for c in report.class_names] or [str(i) for i in range(len(report.confusion))]
+    for label in labels:
+        conf.add_column(label[:8], justify="right")
+    for r, (label, row) in enumerate(zip(labels, report.confusion.tolist(), strict=True)):
+        conf.add_row(label, *[f"[bold]{v}[/]" if i == r else str(v) for i, v in enumerate(row)])
+    console.print(conf)
+
+
+def evaluate(cfg: DictConfig) -> EvalReport:
+    c = validate_eval_config(plain_config(cfg))
+    report = evaluate_checkpoint(to_absolute_path(c["ckpt"]), data=c["data"], backend=c["engine"]["backend"],
+                                 batch_size=c["batch_size"])
+    out = Path(HydraConfig.get().runtime.output_dir) / "eval.json"
+    show(report, Console())
+    try:
+        atomic_write_text(out, json.dumps(report.to_json(), indent=2) + "\n")
+    except OSError as exc:
+        raise NitroError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    Console().print(f"wrote {out}", markup=False, highlight=False)
+    return report
+
+
+@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point of `nitro eval`."""
+    run_task(lambda: evaluate(cfg))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The `nitro` command: dispatches `train | eval | report | data` to thin apps.
+
+train, eval and report are Hydra apps: the subcommand is dropped from sys.argv and the app's Hydra main is
+called, so Hydra's own flags keep working (`--help`, `--cfg job`, `-m`, overrides, `hydra/launcher=...`).
+Every problem a user can cause ends as one `error:` paragraph on stderr and exit code 2, never a traceback.
+Set HYDRA_FULL_ERROR=1 to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from importlib import resources
+
+from . import __version__
+from .errors import NitroError
+
+USAGE = f"""\
+nitro {__version__}: integer-only NITRO-D training, evaluation and reports.
+
+usage: nitro <command> [overrides ...]
+
+commands:
+  train    train a model (Hydra app)      nitro train model=mlp2 data=fashion_mnist trainer.max_epochs=5
+                                          nitro train experiment=paper/mlp1_mnist
+                                          nitro train -m experiment=paper/mlp1_mnist seed='range(42,52)'
+                                          nitro train resume=outputs/DATE/TIME/checkpoints/last.npz
+  eval     evaluate a checkpoint          nitro eval ckpt=outputs/DATE/TIME/checkpoints/best.npz [data=mnist]
+  report   mean ± std over seeds          nitro report runs=multirun/DATE/TIME
+  data     list / fetch datasets          nitro data list | nitro data fetch cifar10
+
+`nitro <command> --help` shows a command's options; `nitro train --cfg job` prints the composed config.
+"""
+COMMANDS = ("train", "eval", "report", "data")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    text = " ".join(message.split())
+    print(text if text.startswith("error:") else f"error: {text}", file=sys.stderr, flush=True)
+    return code
+
+
+def _group_options(group: str) -> list[str]:
+    """Preset names of a config group shipped in nitro_cli/configs (nested ones as `paper/row`)."""
+    root = resources.files("nitro_cli.configs").joinpath(*group.split("/"))
+    found: list[str] = []
+
+    def walk(node: resources.abc.Traversable, prefix: str) -> None:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir() and not child.name.startswith("__"):
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".yaml"):
+                found.append(prefix + child.name[: -len(".yaml")])
+
+    if root.is_dir():
+        walk(root, "")
+    return found
+
+
+def hydra_error_message(exc: BaseException, command: str) -> str:
+    """One paragraph for a Hydra/OmegaConf error: what is wrong and how to fix it."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    text = str(exc)
+    if isinstance(exc, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)'", text)
+        if m:
+            group, _, name = m.group(1).rpartition("/")
+            if not group.startswith("hydra/") and "/" in group:  # nested presets: experiment=paper/row
+                group, _, sub = group.partition("/")
+                name = f"{sub}/{name}"
+            options = list(exc.options or []) or _group_options(group)
+            if options:
+                return (f"unknown {group} preset {name!r}; choose one of: {', '.join(options)} "
+                        f"(e.g. nitro {command} {group}={options[0]})")
+            return f"unknown {group} preset {name!r}; see `nitro {command} --help` for the config groups"
+    if isinstance(exc, OverrideParseException):
+        return (f"cannot parse the overrides: {text.splitlines()[0]}. Write them as key=value (lists as "
+                "key=[1,2], quote strings with spaces); see https://hydra.cc/docs/advanced/override_grammar/basic/")
+    if isinstance(exc, ConfigCompositionException):
+        m = re.search(r"Could not override '([^']+)'", text)
+        cause = str(exc.__cause__ or "")
+        if m and "not in struct" in cause:
+            return (f"unknown config key {m.group(1)!r}; check its spelling (`nitro {command} --cfg job` "
+                    "prints every key and its value)")
+        if m:
+            return f"cannot override {m.group(1)!r}: {cause.splitlines()[0] if cause else text}"
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("Config search path") or line.strip().startswith(("full_key:", "object_type=")):
+            break
+        lines.append(line.strip())
+    return " ".join(x for x in lines if x) or exc.__class__.__name__
+
+
+def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Let Hydra's errors reach us as exceptions (it would otherwise print its own report and exit 1).
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv = [f"nitro {command}", *args]
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        return _fail(str(exc.code), 1)
+    except NitroError as exc:
+        if full_error:
+            raise
+        return _fail(str(exc))
+    except (HydraException, OmegaConfBaseException) as exc:
+        if full_error:
+            raise
+        return _fail(hydra_error_message(exc, command))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `nitro` console script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if args[0] in ("-V", "--version"):
+        print(f"nitro {__version__}")
+        return 0
+    command, rest = args[0], args[1:]
+    try:
+        if command == "train":
+            from .apps.train import main as app
+        elif command == "eval":
+            from .apps.evaluate import main as app
+        elif command == "report":
+            from .apps.report import main as app
+        elif command == "data":
+            from .apps.data import main as data_main
+
+            return int(data_main(rest) or 0)
+        else:
+            return _fail(f"unknown command {command!r}; choose one of {', '.join(COMMANDS)} (nitro --help)")
+        return _run_hydra_app(command, app, rest)
+    except NitroError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def console_main() -> None:
+    """`sys.exit(main())`, for `python -m nitro_cli.cli`."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,207 @@
+"""Validation of composed run configs before any work starts: types, ranges and unknown keys.
+
+Hydra composes plain YAML; this module is the single place that says what a valid config is, so that a bad
+override fails in a second with a message naming the key and the fix, not an hour into a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import NitroError
+
+Check = Callable[[Any, str], Any]
+Schema = dict[str, "Check | Schema"]
+
+MODEL_NAMES = ("mlp1", "mlp2", "mlp3", "mlp4", "vgg8b", "vgg11b")
+DATASET_NAMES = ("mnist_mini", "mnist", "fashion_mnist", "cifar10")
+
+
+def _int(lo: int | None = None, hi: int | None = None, optional: bool = False) -> Check:
+    def check(v: Any, key: str) -> Any:
+        if v is None and optional:
+            return None
+        if not isinstance(v, int) or isinstance(v, bool):
+            null = " or null" if optional else ""
+            raise NitroError(f"{key} must be an integer{null}, got {v!r}")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise NitroError(f"{key} must be {rng}, got {v}")
+        return v
+
+    return check
+
+
+def _float(lo: float, hi: float, hi_open: bool = False) -> Check:
+    def check(v: Any, key: str) -> Any:
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise NitroError(f"{key} must be a number, got {v!r}")
+        if not (lo <= v < hi if hi_open else lo <= v <= hi):
+            raise NitroError(f"{key} must be in [{lo}, {hi}{')' if hi_open else ']'}, got {v}")
+        return float(v)
+
+    return check
+
+
+def _bool(v: Any, key: str) -> Any:
+    if not isinstance(v, bool):
+        raise NitroError(f"{key} must be true or false, got {v!r}")
+    return v
+
+
+def _str(optional: bool = False) -> Check:
+    def check(v: Any, key: str) -> Any:
+        if v is None and optional:
+            return None
+        if not isinstance(v, str) or not v:
+            raise NitroError(f"{key} must be a non-empty string{' or null' if optional else ''}, got {v!r}")
+        return v
+
+    return check
+
+
+def _choice(*options: str) -> Check:
+    def check(v: Any, key: str) -> Any:
+        if v not in options:
+            raise NitroError(f"{key} must be one of {', '.join(options)}; got {v!r}")
+        return v
+
+    return check
+
+
+def _int_list(optional: bool = False, allow_pool: bool = False) -> Check:
+    def check(v: Any, key: str) -> Any:
+        if v is None and optional:
+            return None
+        if not isinstance(v, list | tuple) or not v:
+            raise NitroError(f"{key} must be a non-empty list of positive integers, e.g. [100, 50]; "
+                             f"got {v!r}")
+        for item in v:
+            if allow_pool and item == "M":
+                continue
+            if not isinstance(item, int) or isinstance(item, bool) or item < 1:
+                extra = ' or "M" (max-pool)' if allow_pool else ""
+                raise NitroError(f"{key} must hold positive integers{extra}; got {item!r} in {list(v)}")
+        return list(v)
+
+    return check
+
+
+def _optional_section(schema: Schema) -> Check:
+    def check(v: Any, key: str) -> Any:
+        return None if v is None else _validate(v, schema, key)
+
+    return check
+
+
+_WATCH = {"patience": _int(1), "start_epoch": _int(0), "min_delta": _float(0.0, 1.0)}
+
+TRAIN_SCHEMA: Schema = {
+    "seed": _int(0, 2**63 - 1),
+    "resume": _str(optional=True),
+    "experiment": _str(),
+    "data": {
+        "name": _choice(*DATASET_NAMES),
+        "root": _str(optional=True),
+        "augment": _bool,
+        "crop_pad": _int(0, 16),
+        "flip": _bool,
+        "aug_p": _float(0.0, 1.0),
+    },
+    "model": {
+        "preset": _choice(*MODEL_NAMES),
+        "hidden": _int_list(),
+        "features": _int_list(optional=True, allow_pool=True),
+        "dropout": _float(0.0, 1.0, hi_open=True),
+    },
+    "optimizer": {
+        "name": _choice("integer_sgd"),
+        "lr_inv": _int(1, 2**31 - 1),
+        "amp": _int(1, 2**31 - 1, optional=True),
+        "fwd_decay_inv": _int(1, 2**31 - 1, optional=True),
+        "subnet_decay_inv": _int(1, 2**31 - 1, optional=True),
+        "plateau": _optional_section({"factor": _int(1, 1 << 16), **_WATCH}),
+        "early_stop": _optional_section(dict(_WATCH)),
+    },
+    "engine": {"backend": _choice("auto", "numpy", "cupy")},
+    "trainer": {
+        "name": _choice("default", "paper"),
+        "max_epochs": _int(1, 100_000),
+        "batch_size": _int(1, 1 << 20),
+        "val_fraction": _float(0.0, 1.0, hi_open=True),
+        "monitor": _choice("val", "test"),
+        "augment_per_batch": _bool,
+        "drop_last": _bool,
+        "test_drop_last": _bool,
+        "eval_batch_size": _int(1, 1 << 20),
+        "progress": _choice("auto", "rich", "plain", "none"),
+    },
+}
+
+EVAL_SCHEMA: Schema = {
+    "ckpt": _str(optional=True),
+    "batch_size": _int(1, 1 << 20),
+    "engine": TRAIN_SCHEMA["engine"],
+    "data": _optional_section(TRAIN_SCHEMA["data"]),  # type: ignore[arg-type]
+}
+
+
+def _validate(cfg: Any, schema: Schema, where: str) -> dict[str, Any]:
+    if not isinstance(cfg, Mapping):
+        raise NitroError(f"{where or 'the config'} must be a mapping of keys, got {cfg!r}")
+    unknown = sorted(set(cfg) - set(schema))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise NitroError(f"unknown config key {key}; valid keys{' of ' + where if where else ''}: "
+                         f"{', '.join(schema)} (check the spelling of the override)")
+    missing = [k for k in schema if k not in cfg]
+    if missing:
+        key = f"{where}.{missing[0]}" if where else missing[0]
+        raise NitroError(f"config key {key} is missing; add it (e.g. +{key}=...) or use a shipped preset")
+    out: dict[str, Any] = {}
+    for key, rule in schema.items():
+        full = f"{where}.{key}" if where else key
+        out[key] = _validate(cfg[key], rule, full) if isinstance(rule, dict) else rule(cfg[key], full)
+    return out
+
+
+def validate_train_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked plain-dict copy of a training config; raises NitroError naming the first bad key."""
+    out = _validate(cfg, TRAIN_SCHEMA, "")
+    t = out["trainer"]
+    if t["monitor"] == "val" and t["val_fraction"] == 0:
+        raise NitroError("trainer.monitor=val needs a validation split: set trainer.val_fraction > 0 "
+                         "(e.g. 0.1) or trainer.monitor=test")
+    if out["model"]["preset"].startswith("mlp") and out["model"]["features"]:
+        raise NitroError(f"model.features is for VGG models; {out['model']['preset']} is an MLP "
+                         "(set its widths with model.hidden=[...])")
+    return out
+
+
+def validate_eval_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked plain-dict copy of an evaluation config."""
+    out = _validate({"data": None, **cfg}, EVAL_SCHEMA, "")  # data: only when another dataset is asked for
+    if not out["ckpt"]:
+        raise NitroError("nitro eval needs a checkpoint: nitro eval ckpt=<run dir>/checkpoints/best.npz")
+    return out
+
+
+# Keys that do not change what a run computes: left out of the experiment identity.
+_NOT_IDENTITY = {("seed",), ("resume",), ("data", "root"), ("engine",), ("trainer", "progress"),
+                 ("trainer", "eval_batch_size")}
+
+
+def experiment_group(cfg: Mapping[str, Any]) -> str:
+    """A short stable hash of everything that defines the experiment (not the seed, paths or display)."""
+
+    def strip(node: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(node, Mapping):
+            return {k: strip(v, (*path, k)) for k, v in sorted(node.items())
+                    if (*path, k) not in _NOT_IDENTITY}
+        return node
+
+    blob = json.dumps(strip(cfg, ()), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,92 @@
+"""Evaluating a checkpoint on its own: model, normalizer and test protocol all come from the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import DATASETS, Normalizer, load_dataset
+from ..engine import BackendUnavailable, get_backend
+from ..errors import NitroError
+from ..nn import NitroNet, build_from_config
+from .checkpoint import Checkpoint, load_checkpoint
+from .prepare import scored_test_count
+
+
+@dataclass
+class EvalReport:
+    """What `nitro eval` prints and writes to eval.json."""
+
+    ckpt: str
+    data: str
+    epoch: int
+    n: int
+    test_accuracy: float
+    head_names: list[str]
+    head_accuracies: list[float]
+    confusion: np.ndarray
+    class_names: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ckpt": self.ckpt, "data": self.data, "epoch": self.epoch, "n": self.n,
+                "test_accuracy": self.test_accuracy,
+                "head_accuracies": dict(zip(self.head_names, self.head_accuracies, strict=True)),
+                "confusion": self.confusion.tolist(), "class_names": self.class_names}
+
+
+def model_from_checkpoint(ckpt: Checkpoint, xp: Any = np) -> NitroNet:
+    """Rebuild the network from the checkpoint's own model config and load its parameters."""
+    config = ckpt.state.get("model")
+    try:
+        # The initial draw is overwritten by the stored parameters; any generator does.
+        model = build_from_config(config, np.random.default_rng(0), xp)  # type: ignore[arg-type]
+    except NitroError as exc:
+        raise NitroError(f"{ckpt.path}: its model cannot be rebuilt ({exc})") from None
+    except (KeyError, TypeError, ValueError):
+        raise NitroError(f"{ckpt.path}: its model description is missing or malformed") from None
+    try:
+        model.load_state_dict({k: v for k, v in ckpt.arrays.items() if k.startswith("param/")})
+    except NitroError as exc:
+        raise NitroError(f"{ckpt.path}: {exc}") from None
+    return model
+
+
+def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None, backend: str = "auto",
+                        batch_size: int = 256) -> EvalReport:
+    """Accuracy, per-head accuracies and the confusion matrix of a checkpoint on a test split.
+
+    `data` (a data config: name, root) picks another dataset; by default the checkpoint's own dataset is
+    read from the data root (never from a path stored in the file). The checkpoint's normalizer and its
+    trainer's test protocol are used, so a last.npz reproduces its run's final test accuracy exactly.
+    """
+    ckpt = load_checkpoint(path)
+    state = ckpt.state
+    try:
+        run_cfg = state["config"]
+        trainer = run_cfg["trainer"]
+        name = data["name"] if data else run_cfg["data"]["name"]
+        normalizer = Normalizer.from_state_dict({k[5:]: v for k, v in ckpt.arrays.items()
+                                                 if k.startswith("norm/")})
+    except (KeyError, TypeError) as exc:
+        raise NitroError(f"{path}: the checkpoint lacks {exc}; it was not written by `nitro train`") from None
+    try:
+        xp = get_backend(backend)
+    except BackendUnavailable as exc:
+        raise NitroError(str(exc)) from None
+    model = model_from_checkpoint(ckpt, xp)
+    info = DATASETS[name]
+    if tuple(info.shape) != tuple(model.in_shape) or info.num_classes != model.num_classes:
+        raise NitroError(f"the checkpoint's model takes {'x'.join(map(str, model.in_shape))} images and "
+                         f"{model.num_classes} classes; {name} has {'x'.join(map(str, info.shape))} and "
+                         f"{info.num_classes}: evaluate it on a dataset of the same shape")
+    raw = load_dataset(name, data.get("root") if data else None)
+    n = scored_test_count(len(raw.test_y), trainer)
+    x = normalizer.apply(raw.test_x[:n])
+    result = model.evaluate(x, raw.test_y[:n].astype(np.int64), batch_size)
+    return EvalReport(ckpt=str(path), data=name, epoch=int(state.get("epoch", 0)), n=result.n,
+                      test_accuracy=result.accuracy, head_names=model.head_names,
+                      head_accuracies=result.head_accuracies, confusion=result.confusion,
+                      class_names=list(raw.class_names))

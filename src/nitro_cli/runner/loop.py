@@ -1,0 +1,483 @@
+"""The training loop: a library function (`fit`) that the Hydra app wraps; usable without Hydra.
+
+Everything that makes a run reproducible lives here: the order of random draws (one stream per purpose),
+the protocol's decisions (plateau, early stopping, best checkpoint), and checkpoints that hold enough state
+to continue bit-identically, even from the middle of an epoch after Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import Normalizer, augment_batch, one_hot
+from ..engine import BackendUnavailable, IntegerOverflowError, RngStreams, get_backend
+from ..errors import NitroError
+from ..nn import NitroNet, build_model
+from ..optim import ConstantSchedule, EarlyStopping, IntegerSGD, PlateauSchedule
+from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
+from .config import experiment_group, validate_train_config
+from .prepare import Prepared, prepare_data
+from .progress import Display, make_display
+
+Summary = dict[str, Any]
+LOG = "nitro_cli.runner"
+# Keys a resumed run may change; everything else must match the checkpoint's config.
+RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.progress", "trainer.eval_batch_size", "engine.backend",
+                     "engine", "data.root", "resume")
+
+
+class TrainingInterrupted(BaseException):
+    """Ctrl-C or SIGTERM: the run stopped after a whole batch and saved `checkpoint`.
+
+    A BaseException so that a Hydra sweep stops too instead of starting its next job.
+    """
+
+    def __init__(self, signum: int, checkpoint: Path, where: str) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}; saved {checkpoint}")
+        self.signum, self.checkpoint, self.where = signum, checkpoint, where
+
+
+class _StopRequest:
+    """First SIGINT/SIGTERM asks for a clean stop after the current batch; a second one aborts at once."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.signum: int | None = None
+        self.log = log
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.log.warning(f"{signal.Signals(signum).name}: stopping after the current batch and saving "
+                         "checkpoints/last.npz (send it again to abort without saving)")
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+def _select(cfg: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _assign(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def resume_config(ckpt: Checkpoint, current: Mapping[str, Any], explicit: list[str]) -> dict[str, Any]:
+    """The config a resumed run continues with: the checkpoint's, plus the few keys that may change.
+
+    `explicit` lists the keys the user set on the command line; setting any other key to a value that
+    differs from the checkpoint is refused (the run would no longer be the run that was interrupted).
+    """
+    saved = ckpt.state.get("config")
+    if not isinstance(saved, dict):
+        raise NitroError(f"{ckpt.path} holds no run config; it was not written by `nitro train`")
+    cfg = json.loads(json.dumps(saved))
+    for key in explicit:
+        if any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
+            _assign(cfg, key, json.loads(json.dumps(_select(current, key))))
+        elif _select(current, key) != _select(saved, key):
+            raise NitroError(f"cannot change {key} when resuming (the checkpoint has "
+                             f"{_select(saved, key)!r}, you asked for {_select(current, key)!r}); resuming "
+                             "continues the same run. Drop that override, or start a new run without resume=")
+    cfg["data"]["root"] = _select(current, "data.root")  # never a path read from a file
+    cfg["resume"] = _select(current, "resume")
+    return cfg
+
+
+class _Run:
+    """The state of one training run between epochs (what a checkpoint stores besides the arrays)."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, log: logging.Logger) -> None:
+        self.cfg, self.run_dir, self.log = cfg, run_dir, log
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.epoch = 0  # epochs finished
+        self.metrics: list[list[Any]] = []
+        self.best: dict[str, Any] = {"monitor": None, "epoch": None, "test": None, "val": None}
+        self.wall_before = 0.0  # wall and training seconds of earlier sessions (before a resume)
+        self.train_seconds = 0.0
+        self.samples = 0
+        self.started = time.monotonic()
+        self.status, self.error = "running", None
+
+    def wall(self) -> float:
+        return self.wall_before + time.monotonic() - self.started
+
+    def summary(self) -> Summary:
+        last = self.metrics[-1] if self.metrics else None
+        t = self.cfg["trainer"]
+        best_test = self.best["test"] if t["monitor"] == "val" else self.best["monitor"]
+        return {
+            "experiment": self.cfg["experiment"], "trainer": t["name"], "seed": self.cfg["seed"],
+            "status": self.status, "epochs_run": self.epoch,
+            "test_accuracy": last[4] if last else None, "best_test_accuracy": best_test,
+            "best_epoch": self.best["epoch"], "val_accuracy": self.best["val"],
+            "wall_seconds": round(self.wall(), 3),
+            "samples_per_s": round(self.samples / self.train_seconds, 1) if self.train_seconds else 0.0,
+            "model": self.cfg["model"]["preset"], "data": self.cfg["data"]["name"],
+            "group": experiment_group(self.cfg), "error": self.error,
+        }
+
+    def write_summary(self) -> None:
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
+
+
+def _metrics_header(num_heads: int) -> list[str]:
+    heads = [f"head{i}_acc" for i in range(1, num_heads + 1)]
+    return ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", *heads, "lr_inv", "seconds"]
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["" if v is None else v for v in r] for r in rows])
+    return buf.getvalue()
+
+
+def _state_arrays(model: NitroNet, normalizer: Normalizer, perm: np.ndarray | None) -> dict[str, np.ndarray]:
+    arrays = dict(model.state_dict())
+    arrays.update({f"norm/{k}": np.asarray(v) for k, v in normalizer.state_dict().items()})
+    if perm is not None:
+        arrays["resume/perm"] = perm.astype(np.int64)
+    return arrays
+
+
+def _build(cfg: dict[str, Any], data: Prepared, rngs: RngStreams, xp: Any) -> NitroNet:
+    m = cfg["model"]
+    return build_model(m["preset"], data.in_shape, data.num_classes, dropout=m["dropout"], hidden=m["hidden"],
+                       features=m["features"], seed_rng=rngs.init, xp=xp)
+
+
+def _schedules(opt_cfg: dict[str, Any]) -> tuple[Any, EarlyStopping | None]:
+    plateau = PlateauSchedule(**opt_cfg["plateau"]) if opt_cfg["plateau"] else ConstantSchedule()
+    early = EarlyStopping(**opt_cfg["early_stop"]) if opt_cfg["early_stop"] else None
+    return plateau, early
+
+
+@contextmanager
+def _run_logger(run_dir: Path, mode: str) -> Iterator[logging.Logger]:
+    """Log lines go to train.log always, and to stdout unless a rich display prints them itself."""
+    log = logging.getLogger(LOG)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    fmt = logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+    handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "train.log", encoding="utf-8")]
+    if mode == "plain" or (mode == "auto" and not sys.stdout.isatty()):
+        handlers.append(logging.StreamHandler(sys.stdout))
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    try:
+        yield log
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+
+
+def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | None = None) -> Summary:
+    """Train one run into `run_dir` and return its summary (also written to run_dir/summary.json).
+
+    `cfg` is a plain mapping in the shape of configs/train.yaml (validated here). With `resume`, the run
+    continues from that checkpoint (its config must be `cfg`; see `resume_config`).
+    Raises NitroError for user-fixable problems and TrainingInterrupted after Ctrl-C/SIGTERM.
+    """
+    cfg = validate_train_config(cfg)
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    last_path = run_dir / "checkpoints" / "last.npz"
+    resuming_here = resume is not None and resume.path is not None and \
+        resume.path.resolve().parent == last_path.parent.resolve()
+    if last_path.exists() and not resuming_here:
+        raise NitroError(f"{run_dir} already holds a run (checkpoints/last.npz); continue it with "
+                         f"resume={last_path}, or start a new run in another folder (hydra.run.dir=...)")
+    for stale in last_path.parent.glob(".*.npz.*.tmp"):  # left behind by a killed write
+        stale.unlink(missing_ok=True)
+    with _run_logger(run_dir, cfg["trainer"]["progress"]) as log:
+        run = _Run(cfg, run_dir, log)
+        try:
+            run.write_summary()
+            return _fit(run, resume)
+        except TrainingInterrupted:
+            run.status, run.error = "failed", "interrupted; resume from checkpoints/last.npz"
+            _try_summary(run)
+            raise
+        except BaseException as exc:
+            nitro = _as_nitro_error(exc, run)
+            run.status = "failed"
+            run.error = str(nitro) if nitro is not None else f"{exc.__class__.__name__}: {exc}"
+            _try_summary(run)
+            _file_only(log, f"run failed: {run.error}")  # the app prints the error itself
+            if nitro is not None:
+                raise nitro from exc
+            raise
+
+
+def _file_only(log: logging.Logger, text: str) -> None:
+    record = log.makeRecord(log.name, logging.ERROR, "", 0, text, None, None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _try_summary(run: _Run) -> None:
+    try:
+        run.write_summary()
+    except OSError:
+        pass  # a full disk: the error itself is what the user needs to see
+
+
+def _as_nitro_error(exc: BaseException, run: _Run) -> NitroError | None:
+    where = f"in epoch {run.epoch + 1}" if run.metrics or run.epoch else "before the first epoch"
+    if isinstance(exc, NitroError):
+        return exc
+    if isinstance(exc, BackendUnavailable):
+        return NitroError(str(exc))
+    if isinstance(exc, IntegerOverflowError):
+        return NitroError(f"integer overflow {where}: {exc}. The weights grew past their integer range; "
+                          "raise optimizer.lr_inv or enable weight decay (optimizer.fwd_decay_inv)")
+    if isinstance(exc, MemoryError):
+        return NitroError(f"out of memory {where}; lower trainer.batch_size / trainer.eval_batch_size or "
+                          "pick a smaller model")
+    return None
+
+
+def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
+    cfg, log = run.cfg, run.log
+    t, o, d = cfg["trainer"], cfg["optimizer"], cfg["data"]
+    xp = get_backend(cfg["engine"]["backend"])
+    rngs = RngStreams(cfg["seed"])
+    data = prepare_data(cfg, rngs)
+    model = _build(cfg, data, rngs, xp)
+    opt = IntegerSGD(o["lr_inv"], o["fwd_decay_inv"], o["subnet_decay_inv"], o["amp"])
+    plateau, early = _schedules(o)
+    header = _metrics_header(len(model.head_names))
+    position: dict[str, Any] | None = None
+    perm: np.ndarray | None = None
+    if resume is not None:
+        position, perm = _restore(run, resume, model, opt, plateau, early, rngs, data, header)
+    else:
+        atomic_write_text(run.run_dir / "metrics.csv", _csv_text([header]))
+    y_train = one_hot(data.train_y, data.num_classes)
+    bs = t["batch_size"]
+    n_train = len(data.train_y)
+    n_batches = n_train // bs if t["drop_last"] else math.ceil(n_train / bs)
+    log.info(f"run dir {run.run_dir}: {cfg['model']['preset']} ({model.num_parameters:,} parameters) on "
+             f"{d['name']} [{n_train} train, {0 if data.val_y is None else len(data.val_y)} val, "
+             f"{len(data.test_y)} test], trainer={t['name']}, seed={cfg['seed']}, engine={xp.__name__}")
+    if run.epoch >= t["max_epochs"] and position is None:
+        log.info(f"the checkpoint already finished {run.epoch} of {t['max_epochs']} epochs; nothing to train")
+    stop = _StopRequest(log)
+    with stop.installed(), make_display(t["progress"], log) as display:
+        for epoch in range(run.epoch + 1, t["max_epochs"] + 1):
+            if position is None:
+                perm = rngs.shuffle.permutation(n_train)
+                acc_state = {"loss_sum": 0.0, "correct": 0, "n": 0, "seconds": 0.0, "next_batch": 0}
+            else:
+                acc_state, position = position, None
+            assert perm is not None
+            if _train_epoch(run, epoch, model, opt, rngs, data, y_train, perm, acc_state, n_batches, stop,
+                            display):
+                assert stop.signum is not None
+                where = f"in epoch {epoch} after batch {acc_state['next_batch']} of {n_batches}"
+                _save_last(run, model, opt, plateau, early, rngs, data, {**acc_state, "epoch": epoch}, perm)
+                raise TrainingInterrupted(stop.signum, run.ckpt_dir / "last.npz", where)
+            stop_now = _end_epoch(run, epoch, model, opt, plateau, early, rngs, data, acc_state, display)
+            if stop_now or stop.signum is not None:
+                break
+        if stop.signum is not None and run.epoch < t["max_epochs"]:
+            raise TrainingInterrupted(stop.signum, run.ckpt_dir / "last.npz", f"after epoch {run.epoch}")
+    run.status = "completed"
+    run.write_summary()
+    s = run.summary()
+    log.info(f"done: {run.epoch} epochs, final test accuracy {s['test_accuracy']:.2%}, best "
+             f"{s['best_test_accuracy']:.2%} (epoch {s['best_epoch']}), {s['wall_seconds']:.1f}s; "
+             f"outputs in {run.run_dir}")
+    return s
+
+
+def _train_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, rngs: RngStreams, data: Prepared,
+                 y_train: np.ndarray, perm: np.ndarray, acc: dict[str, Any], n_batches: int,
+                 stop: _StopRequest, display: Display) -> bool:
+    """Train the batches of one epoch from acc['next_batch'] on; True when stopped early by a signal."""
+    t, d = run.cfg["trainer"], run.cfg["data"]
+    bs = t["batch_size"]
+    display.epoch_started(epoch, t["max_epochs"], n_batches, acc["next_batch"])
+    for b in range(acc["next_batch"], n_batches):
+        if stop.signum is not None:
+            return True
+        start = time.monotonic()
+        idx = perm[b * bs : (b + 1) * bs]
+        x = data.train_x[idx]
+        if d["augment"]:
+            x = augment_batch(x, rngs.augment, d["crop_pad"], d["flip"], t["augment_per_batch"], d["aug_p"])
+        res = model.train_step(x, y_train[idx], data.train_y[idx], opt, rngs.dropout)
+        acc["loss_sum"] += res.loss * res.n
+        acc["correct"] += res.correct
+        acc["n"] += res.n
+        acc["seconds"] += time.monotonic() - start
+        acc["next_batch"] = b + 1
+        display.batch_done(b + 1, acc["loss_sum"] / acc["n"], acc["correct"] / acc["n"],
+                           acc["n"] / max(acc["seconds"], 1e-9))
+    return False
+
+
+def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau: Any,
+               early: EarlyStopping | None, rngs: RngStreams, data: Prepared, acc: dict[str, Any],
+               display: Display) -> bool:
+    """Evaluate, decide (best, plateau, early stop), then persist: last.npz, a metrics row, summary.json."""
+    t = run.cfg["trainer"]
+    started = time.monotonic()
+    val_acc = None
+    if data.val_x is not None:
+        val_acc = model.evaluate(data.val_x, data.val_y, t["eval_batch_size"]).accuracy
+    test = model.evaluate(data.test_x, data.test_y, t["eval_batch_size"])
+    monitored = val_acc if t["monitor"] == "val" else test.accuracy
+    assert monitored is not None
+    lr_inv = opt.lr_inv  # the value this epoch trained with
+    improved = run.best["monitor"] is None or monitored > run.best["monitor"]
+    if improved:
+        run.best = {"monitor": monitored, "epoch": epoch, "test": test.accuracy, "val": val_acc}
+    lowered = plateau.step(epoch, monitored, opt)
+    stop_now = early.step(epoch, monitored) if early is not None else False
+    run.epoch = epoch
+    run.train_seconds += acc["seconds"]
+    run.samples += acc["n"]
+    seconds = acc["seconds"] + time.monotonic() - started
+    train_loss, train_acc = acc["loss_sum"] / acc["n"], acc["correct"] / acc["n"]
+    row = [epoch, train_loss, train_acc, val_acc, test.accuracy, *test.head_accuracies, lr_inv,
+           round(seconds, 3)]
+    run.metrics.append(row)
+    _save_last(run, model, opt, plateau, early, rngs, data, None, None)
+    if improved:
+        _copy_checkpoint(run.ckpt_dir / "last.npz", run.ckpt_dir / "best.npz")
+    try:
+        with (run.run_dir / "metrics.csv").open("a", encoding="utf-8", newline="") as fh:
+            fh.write(_csv_text([row]))
+            fh.flush()
+    except OSError as exc:
+        raise NitroError(f"cannot append to {run.run_dir / 'metrics.csv'}: {exc.strerror or exc}") from exc
+    run.write_summary()
+    val = "" if val_acc is None else f"  val {val_acc:.2%}"
+    heads = " ".join(f"{a:.1%}" for a in test.head_accuracies)
+    display.line(f"epoch {epoch}/{t['max_epochs']}  loss {train_loss:.3f}  train {train_acc:.2%}{val}  "
+                 f"test {test.accuracy:.2%}  heads [{heads}]  lr_inv {lr_inv}  {seconds:.1f}s  "
+                 f"{acc['n'] / max(acc['seconds'], 1e-9):.0f} img/s" + ("  *best*" if improved else ""))
+    if lowered:
+        display.line(f"plateau: lr_inv {lr_inv} -> {opt.lr_inv}")
+    if stop_now:
+        display.line(f"early stop after epoch {epoch}: no {early.min_delta:.0%} gain in "  # type: ignore[union-attr]
+                     f"{early.patience} epochs")  # type: ignore[union-attr]
+    return stop_now
+
+
+def _save_last(run: _Run, model: NitroNet, opt: IntegerSGD, plateau: Any, early: EarlyStopping | None,
+               rngs: RngStreams, data: Prepared, position: dict[str, Any] | None,
+               perm: np.ndarray | None) -> None:
+    """Write checkpoints/last.npz atomically; a write error leaves the previous one in place."""
+    state = {
+        "kind": "train", "epoch": run.epoch, "position": position, "config": run.cfg,
+        "model": model.config, "head_names": model.head_names, "class_names": data.class_names,
+        "optimizer": opt.state_dict(), "plateau": plateau.state_dict(),
+        "early_stop": early.state_dict() if early is not None else None, "rng": rngs.state_dict(),
+        "metrics": run.metrics, "best": run.best, "wall_seconds": run.wall(),
+        "train_seconds": run.train_seconds, "samples": run.samples,
+    }
+    path = run.ckpt_dir / "last.npz"
+    try:
+        save_checkpoint(path, _state_arrays(model, data.normalizer, perm), state)
+    except OSError as exc:
+        kept = f"the previous {path} is intact" if path.exists() else "no earlier checkpoint exists"
+        raise NitroError(f"cannot write checkpoint {path}: {exc.strerror or exc} (disk full?); {kept}. "
+                         f"Free space, then continue with resume={path}") from exc
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    try:
+        tmp = dst.with_name(f".{dst.name}.copy.tmp")
+        shutil.copyfile(src, tmp)
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(dst)
+    except OSError as exc:
+        raise NitroError(f"cannot write checkpoint {dst}: {exc.strerror or exc} (disk full?); "
+                         f"checkpoints/last.npz is intact: free space, then resume from it") from exc
+
+
+def _restore(run: _Run, ckpt: Checkpoint, model: NitroNet, opt: IntegerSGD, plateau: Any,
+             early: EarlyStopping | None, rngs: RngStreams, data: Prepared,
+             header: list[str]) -> tuple[dict[str, Any] | None, np.ndarray | None]:
+    """Load every piece of run state from `ckpt`; returns the mid-epoch position (if any) and its order."""
+    s = ckpt.state
+    try:
+        model.load_state_dict({k: v for k, v in ckpt.arrays.items() if k.startswith("param/")})
+        stored = Normalizer.from_state_dict({k[5:]: v for k, v in ckpt.arrays.items()
+                                             if k.startswith("norm/")})
+        if not (np.array_equal(stored.mean, data.normalizer.mean)
+                and np.array_equal(stored.mad, data.normalizer.mad)):
+            raise NitroError(f"the dataset {run.cfg['data']['name']} differs from the one {ckpt.path} was "
+                             "trained on (other normalization statistics); point data.root at the same files")
+        opt.load_state_dict(s["optimizer"])
+        plateau.load_state_dict(s["plateau"])
+        if early is not None and s.get("early_stop") is not None:
+            early.load_state_dict(s["early_stop"])
+        rngs.load_state_dict(s["rng"])
+        run.epoch = int(s["epoch"])
+        run.metrics = [list(r) for r in s["metrics"]]
+        run.best = dict(s["best"])
+        run.wall_before = float(s["wall_seconds"])
+        run.train_seconds = float(s["train_seconds"])
+        run.samples = int(s["samples"])
+        position = s.get("position")
+        perm = ckpt.arrays.get("resume/perm") if position is not None else None
+        if position is not None and (perm is None or len(perm) != len(data.train_y)):
+            raise NitroError("its mid-epoch position does not match the training set")
+    except NitroError as exc:
+        raise NitroError(f"cannot resume from {ckpt.path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NitroError(f"cannot resume from {ckpt.path}: its run state is incomplete ({exc})") from None
+    atomic_write_text(run.run_dir / "metrics.csv", _csv_text([header, *run.metrics]))
+    src_best = ckpt.path.parent / "best.npz" if ckpt.path is not None else None
+    dst_best = run.ckpt_dir / "best.npz"
+    if src_best is not None and src_best.resolve() != dst_best.resolve() and src_best.is_file():
+        try:
+            if load_checkpoint(src_best).state.get("epoch") == run.best["epoch"]:
+                _copy_checkpoint(src_best, dst_best)
+        except NitroError as exc:
+            run.log.warning(f"not copying {src_best}: {exc}")
+    where = f"epoch {position['epoch']} batch {position['next_batch']}" if position else f"epoch {run.epoch}"
+    run.log.info(f"resumed from {ckpt.path} at {where}")
+    return position, perm
