@@ -20,8 +20,6 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from nitro_cli.data.registry import (
-    CIFAR_RECORD_BYTES,
-    CIFAR_RECORDS,
     DatasetInfo,
     FileSpec,
     data_root,
@@ -204,23 +202,25 @@ def _load_idx(info: DatasetInfo, root: Path, layout: tuple[FileSpec, ...]) -> Ra
 
 
 def _read_cifar_bin(info: DatasetInfo, path: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
-    """One binary CIFAR-10 batch: 10,000 records of a label byte and 3,072 pixel bytes (R, G, B planes)."""
-    want = CIFAR_RECORDS * CIFAR_RECORD_BYTES
+    """One binary CIFAR-10 batch: spec.count (10,000) records of a label byte and 3,072 pixel bytes
+    (R, G, B planes)."""
+    count, record = spec.count, 1 + int(np.prod(info.shape))
+    want = count * record
     try:
         size = path.stat().st_size
         if size != want:
             raise _bad_file(info, path, f"has {size} bytes, expected {want} "
-                                        f"({CIFAR_RECORDS} records of {CIFAR_RECORD_BYTES} bytes)")
+                                        f"({count} records of {record} bytes)")
         records = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise _bad_file(info, path, f"cannot be read ({e})") from None
     if records.size != want:
         raise _bad_file(info, path, f"changed while being read ({records.size} of {want} bytes)")
     _check_md5(info, path, spec, hashlib.md5(), records)
-    records = records.reshape(CIFAR_RECORDS, CIFAR_RECORD_BYTES)
+    records = records.reshape(count, record)
     labels = records[:, 0].copy()
     _check_labels(info, path, labels)
-    return records[:, 1:].reshape(CIFAR_RECORDS, *info.shape), labels
+    return records[:, 1:].reshape(count, *info.shape), labels
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -251,7 +251,7 @@ def restricted_loads(data: bytes) -> Any:
 
 
 def _read_cifar_py(info: DatasetInfo, path: Path, spec: FileSpec) -> tuple[np.ndarray, np.ndarray]:
-    """One python-pickle CIFAR-10 batch: {'data': uint8 [10000, 3072], 'labels': [10000 ints], ...}."""
+    """One python-pickle CIFAR-10 batch: {'data': uint8 [count, 3072], 'labels': [count ints], ...}."""
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -267,15 +267,14 @@ def _read_cifar_py(info: DatasetInfo, path: Path, spec: FileSpec) -> tuple[np.nd
         raise _bad_file(info, path, f"holds a {type(batch).__name__}, expected a dict")
     batch = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     data, labels = batch.get("data"), batch.get("labels")
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8
-            and data.shape == (CIFAR_RECORDS, CIFAR_RECORD_BYTES - 1)):
+    count, pixels = spec.count, int(np.prod(info.shape))
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.shape == (count, pixels)):
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
-        raise _bad_file(info, path, f"has 'data' {got}, expected uint8 ({CIFAR_RECORDS}, "
-                                    f"{CIFAR_RECORD_BYTES - 1})")
-    if not (isinstance(labels, list) and len(labels) == CIFAR_RECORDS
+        raise _bad_file(info, path, f"has 'data' {got}, expected uint8 ({count}, {pixels})")
+    if not (isinstance(labels, list) and len(labels) == count
             and all(type(v) is int and 0 <= v < info.num_classes for v in labels)):
-        raise _bad_file(info, path, f"has no list of {CIFAR_RECORDS} labels in 0..{info.num_classes - 1}")
-    return np.ascontiguousarray(data).reshape(CIFAR_RECORDS, *info.shape), np.asarray(labels, np.uint8)
+        raise _bad_file(info, path, f"has no list of {count} labels in 0..{info.num_classes - 1}")
+    return np.ascontiguousarray(data).reshape(count, *info.shape), np.asarray(labels, np.uint8)
 
 
 def _load_cifar(info: DatasetInfo, root: Path, layout: tuple[FileSpec, ...]) -> RawDataset:
