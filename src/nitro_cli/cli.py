@@ -112,7 +112,9 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
     except NitroError as exc:
         if full_error:
             raise
-        return _fail(str(exc))
+        from .apps.common import JobFailed, sweep_failure_message
+
+        return _fail(sweep_failure_message() if isinstance(exc, JobFailed) else str(exc))
     except (HydraException, OmegaConfBaseException) as exc:
         if full_error:
             raise

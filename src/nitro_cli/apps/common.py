@@ -18,6 +18,17 @@ class JobFailed(NitroError):
     """A job of a multirun failed; raised (not exited) so that Hydra goes on with the other jobs."""
 
 
+# Jobs of the current sweep that failed (the basic launcher runs them in this process), for the last line.
+FAILED_JOBS: list[str] = []
+
+
+def sweep_failure_message() -> str:
+    """One paragraph for the end of a sweep in which some jobs failed."""
+    jobs = ", ".join(FAILED_JOBS) or "some jobs"
+    return (f"{len(FAILED_JOBS) or 'some'} job(s) of the sweep failed ({jobs}); the others ran to the end. "
+            "Each failed job's error is printed above and stored in its summary.json")
+
+
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
     """The composed config as a plain dict with interpolations resolved (a bad one is a user error)."""
     try:
@@ -51,6 +62,7 @@ def run_task(task: Callable[[], Any]) -> Any:
         if hc.mode == RunMode.MULTIRUN:
             overrides = " ".join(hc.overrides.task)
             print(f"error: job {hc.job.num} ({overrides}): {exc}", file=sys.stderr, flush=True)
+            FAILED_JOBS.append(f"job {hc.job.num}")
             raise JobFailed(f"job {hc.job.num} ({overrides}) of the sweep failed: {exc}") from None
         print(f"error: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -208,6 +208,16 @@ def _run_logger(run_dir: Path, mode: str) -> Iterator[logging.Logger]:
             h.close()
 
 
+def check_run_dir(run_dir: Path, resume: Checkpoint | None) -> None:
+    """Refuse to train over another run's checkpoints (resuming into its own folder is fine)."""
+    last_path = Path(run_dir) / "checkpoints" / "last.npz"
+    resuming_here = resume is not None and resume.path is not None and \
+        resume.path.resolve().parent == last_path.parent.resolve()
+    if last_path.exists() and not resuming_here:
+        raise NitroError(f"{run_dir} already holds a run (checkpoints/last.npz); continue it with "
+                         f"resume={last_path}, or start a new run in another folder (hydra.run.dir=...)")
+
+
 def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | None = None) -> Summary:
     """Train one run into `run_dir` and return its summary (also written to run_dir/summary.json).
 
@@ -217,13 +227,9 @@ def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | Non
     """
     cfg = validate_train_config(cfg)
     run_dir = Path(run_dir)
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir, resume)
     last_path = run_dir / "checkpoints" / "last.npz"
-    resuming_here = resume is not None and resume.path is not None and \
-        resume.path.resolve().parent == last_path.parent.resolve()
-    if last_path.exists() and not resuming_here:
-        raise NitroError(f"{run_dir} already holds a run (checkpoints/last.npz); continue it with "
-                         f"resume={last_path}, or start a new run in another folder (hydra.run.dir=...)")
+    last_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in last_path.parent.glob(".*.npz.*.tmp"):  # left behind by a killed write
         stale.unlink(missing_ok=True)
     with _run_logger(run_dir, cfg["trainer"]["progress"]) as log:
@@ -320,6 +326,8 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
                 break
         if stop.signum is not None and run.epoch < t["max_epochs"]:
             raise TrainingInterrupted(stop.signum, run.ckpt_dir / "last.npz", f"after epoch {run.epoch}")
+    if not (run.ckpt_dir / "last.npz").exists():  # resumed into a new dir with nothing left to train
+        _save_last(run, model, opt, plateau, early, rngs, data, None, None)
     run.status = "completed"
     run.write_summary()
     s = run.summary()
