@@ -44,7 +44,7 @@ def _real_root(*rel: str) -> Path:
     root = Path(env)
     for r in rel:
         if not ((root / r).is_file() or (root / (r + ".gz")).is_file()):
-            pytest.skip(f"{root / r}[.gz] is absent")
+            pytest.skip(f"{root / r} is absent")
     return root
 
 
