@@ -122,9 +122,30 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
     return 0
 
 
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _single_blas_thread_when_busy() -> None:
+    """Use one BLAS thread when the CPUs are already busy (unless the user chose a thread count).
+
+    On a loaded machine OpenBLAS threads wait on each other for whole scheduler time slices: an MLP1
+    epoch measured 8 s instead of 0.2 s on 2 busy cores. Results are exact either way; only speed changes.
+    Must run before NumPy is imported.
+    """
+    if "numpy" in sys.modules or any(v in os.environ for v in _THREAD_VARS):
+        return
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return
+    if load >= (os.cpu_count() or 1) - 0.5:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nitro` console script; returns the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
+    _single_blas_thread_when_busy()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0

@@ -1,0 +1,368 @@
+"""The real `nitro` command end to end, in subprocesses: outputs, eval, multirun, resume, user errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import TINY, nitro_cmd, nitro_env, params, pickled_checkpoint
+from nitro_cli.runner import load_checkpoint
+
+SUMMARY_KEYS = {"experiment", "trainer", "seed", "status", "epochs_run", "test_accuracy",
+                "best_test_accuracy", "best_epoch", "val_accuracy", "wall_seconds", "samples_per_s", "model",
+                "data", "group", "error"}
+# Slow enough to be interrupted mid-epoch (about a second per epoch), with dropout and augmentation so
+# that every random stream matters for a bit-identical resume.
+KILLABLE = ["model.hidden=[32]", "trainer.batch_size=8", "trainer.max_epochs=3", "model.dropout=0.1",
+            "data.augment=true", "engine=numpy"]
+
+
+def clean_error(res: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Exit code 2, one `error:` paragraph on stderr, no traceback; returns the message."""
+    assert res.returncode == 2, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    assert "Traceback" not in res.stderr + res.stdout
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`nitro train` with no overrides at all (only the output folder)."""
+    run_dir = tmp_path_factory.mktemp("quick") / "run"
+    start = time.monotonic()
+    res = subprocess.run([*nitro_cmd(), "train", f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                         env=nitro_env(), timeout=300, cwd=run_dir.parent)
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - start < 120
+    return run_dir, res
+
+
+def test_quickstart_outputs_are_complete_and_accurate(quickstart) -> None:
+    run_dir, res = quickstart
+    for f in (".hydra/config.yaml", "metrics.csv", "summary.json", "train.log", "checkpoints/last.npz",
+              "checkpoints/best.npz"):
+        assert (run_dir / f).is_file(), f
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) == SUMMARY_KEYS
+    cfg = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
+    assert summary["status"] == "completed" and summary["error"] is None
+    assert summary["experiment"] == "custom" and summary["trainer"] == "default" and summary["seed"] == 42
+    assert summary["epochs_run"] == cfg["trainer"]["max_epochs"]
+    assert summary["test_accuracy"] >= 0.90, summary
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", "head1_acc",
+                             "head2_acc", "lr_inv", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == list(range(1, summary["epochs_run"] + 1))
+    assert float(rows[-1]["test_acc"]) == summary["test_accuracy"]
+    best = max(rows, key=lambda r: float(r["val_acc"]))  # first epoch with the best validation accuracy
+    assert int(best["epoch"]) == summary["best_epoch"]
+    assert float(best["test_acc"]) == summary["best_test_accuracy"]
+    assert load_checkpoint(run_dir / "checkpoints/best.npz").state["epoch"] == summary["best_epoch"]
+    assert f"epoch {summary['epochs_run']}/" in (run_dir / "train.log").read_text()
+    assert "Traceback" not in res.stderr
+
+
+def test_eval_of_last_checkpoint_reproduces_the_summary_exactly(quickstart, nitro, tmp_path: Path) -> None:
+    run_dir, _ = quickstart
+    res = nitro("eval", f"ckpt={run_dir / 'checkpoints/last.npz'}", f"hydra.run.dir={tmp_path / 'ev'}")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "ev/eval.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert report["test_accuracy"] == summary["test_accuracy"]
+    assert repr(summary["test_accuracy"]) in res.stdout
+    assert report["n"] == 2000 and len(report["head_accuracies"]) == 2
+    confusion = np.array(report["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == 2000
+    assert np.trace(confusion) / 2000 == report["test_accuracy"]
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [float(rows[-1][f"head{i}_acc"]) for i in (1, 2)] == list(report["head_accuracies"].values())
+
+
+def test_paper_protocol_scores_whole_test_batches_and_eval_agrees(nitro, tmp_path: Path) -> None:
+    run = tmp_path / "paper"
+    res = nitro("train", "trainer=paper", *TINY, f"hydra.run.dir={run}")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["trainer"] == "paper" and summary["val_accuracy"] is None
+    assert summary["best_test_accuracy"] == summary["test_accuracy"]  # one epoch: best over epochs = it
+    res = nitro("eval", f"ckpt={run / 'checkpoints/last.npz'}", f"hydra.run.dir={tmp_path / 'ev'}")
+    report = json.loads((tmp_path / "ev/eval.json").read_text())
+    assert report["n"] == 1984  # 2,000 test images, whole batches of 64 only
+    assert report["test_accuracy"] == summary["test_accuracy"]
+    assert list(csv.DictReader((run / "metrics.csv").open()))[0]["val_acc"] == ""
+
+
+def test_multirun_writes_one_run_dir_per_job_and_report_groups_them(nitro, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = nitro("train", "-m", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    assert [s["seed"] for s in summaries] == [1, 2]
+    assert all(s["status"] == "completed" for s in summaries)
+    assert summaries[0]["group"] == summaries[1]["group"]
+    assert summaries[0]["test_accuracy"] != summaries[1]["test_accuracy"]
+    res = nitro("report", f"runs={sweep}", f"hydra.run.dir={tmp_path / 'rep'}")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "rep/report.md").is_file() and (tmp_path / "rep/report.csv").is_file()
+
+
+def test_a_failing_job_does_not_stop_the_sweep(nitro, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = nitro("train", "-m", "trainer.batch_size=-1,64", *TINY, f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "1 job(s) of the sweep failed" in res.stderr.splitlines()[-1]
+    failed = json.loads((sweep / "0/summary.json").read_text())
+    assert failed["status"] == "failed" and "trainer.batch_size" in failed["error"]
+    assert json.loads((sweep / "1/summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["train", "model=nope"], ["unknown model preset 'nope'", "mlp1", "model="]),
+        (["train", "trainer.batch_size=-1"], ["trainer.batch_size", "-1"]),
+        (["train", "data=mnist", "data.root=/nonexistent"], ["/nonexistent", "nitro data fetch mnist"]),
+        (["eval", "ckpt=README.md"], ["README.md", "not an .npz archive"]),
+        (["train", "experiment=paper/nope"], ["paper/mlp1_mnist"]),
+        (["train", "trainer.epochs=3"], ["unknown config key 'trainer.epochs'", "--cfg job"]),
+        (["train", "+trainer.epochs=3"], ["unknown config key trainer.epochs", "max_epochs"]),
+        (["train", "optimizer.lr_inv=0"], ["optimizer.lr_inv"]),
+        (["train", "model.dropout=1"], ["model.dropout", "[0.0, 1.0)"]),
+        (["train", "model.hidden=[0,5]"], ["model.hidden"]),
+        (["train", "seed=abc"], ["seed must be an integer"]),
+        (["train", "trainer.batch_size=["], ["cannot parse the overrides"]),
+        (["train", "model=vgg8b", "model.hidden=[]"], ["model.hidden"]),
+        (["train", "trainer.batch_size=100000"], ["exceeds the 9000 training images"]),
+        (["train", "engine=cupy"] if shutil.which("nvidia-smi") is None else ["train", "engine=nope"],
+         ["engine"]),
+        (["eval"], ["needs a checkpoint", "ckpt="]),
+        (["eval", "ckpt=nowhere.npz"], ["does not exist"]),
+        (["frobnicate"], ["unknown command", "train"]),
+    ],
+)
+def test_user_errors_end_in_one_clean_paragraph(nitro, tmp_path: Path, args: list[str],
+                                                needles: list[str]) -> None:
+    (tmp_path / "README.md").write_text("# not a checkpoint\n")
+    res = nitro(*args, f"hydra.run.dir={tmp_path / 'out'}" if args[0] != "frobnicate" else "")
+    clean_error(res, *needles)
+
+
+def test_help_version_and_composed_config(nitro) -> None:
+    for args in ([], ["--help"]):
+        res = nitro(*args)
+        assert res.returncode == 0 and "usage: nitro" in res.stdout
+        assert all(c in res.stdout for c in ("train", "eval", "report", "data"))
+    res = nitro("--version")
+    assert res.returncode == 0 and res.stdout.startswith("nitro ")
+    res = nitro("train", "--help")
+    assert res.returncode == 0 and "nitro train" in res.stdout and "experiment" in res.stdout
+    res = nitro("train", "--cfg", "job", "experiment=paper/vgg8b_cifar10")
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load(res.stdout)
+    assert cfg["experiment"] == "paper/vgg8b_cifar10" and cfg["trainer"]["name"] == "paper"
+    assert cfg["model"]["preset"] == "vgg8b" and cfg["model"]["dropout"] == 0.15
+    assert cfg["optimizer"]["fwd_decay_inv"] == 25000 and cfg["data"]["augment"] is True
+
+
+# ----------------------------------------------------------------------------------------- resume
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run that every interrupted-and-resumed run must match bit for bit."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    res = subprocess.run([*nitro_cmd(), "train", *KILLABLE, f"hydra.run.dir={run_dir}"], capture_output=True,
+                         text=True, env=nitro_env(), timeout=300, cwd=run_dir.parent)
+    assert res.returncode == 0, res.stderr
+    return run_dir
+
+
+def _start(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*nitro_cmd(), "train", *KILLABLE, f"hydra.run.dir={run_dir}", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=nitro_env(),
+                            cwd=run_dir.parent)
+
+
+def _wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    metrics = run_dir / "metrics.csv"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) > rows:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"run did not reach {rows} epochs: {proc.poll()}")
+
+
+def _same_params(a: Path, b: Path) -> None:
+    pa, pb = params(a), params(b)
+    assert pa.keys() == pb.keys() and pa
+    for k in pa:
+        assert np.array_equal(pa[k], pb[k]), k
+
+
+def _same_metrics(a: Path, b: Path) -> None:
+    def cut(p: Path) -> list[list[str]]:
+        return [r[:-1] for r in csv.reader((p / "metrics.csv").open())]  # all but the wall-clock seconds
+
+    assert cut(a) == cut(b)
+
+
+def test_sigkill_after_epoch_two_then_resume_is_bit_identical(reference: Path, tmp_path: Path, nitro) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir)
+    _wait_rows(run_dir, 2, proc)
+    proc.kill()
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(run_dir / "checkpoints/last.npz").state["epoch"] >= 2
+    res = nitro("train", f"resume={run_dir / 'checkpoints/last.npz'}",
+                f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert res.returncode == 0, res.stderr
+    _same_params(reference / "checkpoints/last.npz", tmp_path / "resumed/checkpoints/last.npz")
+    _same_metrics(reference, tmp_path / "resumed")
+    ref, new = (json.loads((d / "summary.json").read_text()) for d in (reference, tmp_path / "resumed"))
+    for key in ("test_accuracy", "best_test_accuracy", "best_epoch", "epochs_run", "group", "status"):
+        assert ref[key] == new[key], key
+    _same_params(reference / "checkpoints/best.npz", tmp_path / "resumed/checkpoints/best.npz")
+
+
+def test_sigkill_at_random_moments_never_leaves_an_unreadable_checkpoint(reference: Path,
+                                                                         tmp_path: Path) -> None:
+    run_dir, rng, kills = tmp_path / "run", random.Random(7), 0
+    proc = _start(run_dir)
+    while True:
+        try:
+            proc.wait(timeout=rng.uniform(1.0, 3.0))
+            break
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            kills += 1
+        last = run_dir / "checkpoints/last.npz"
+        if last.exists():
+            load_checkpoint(last)  # never unreadable
+            proc = _start(run_dir, f"resume={last}")
+        else:
+            shutil.rmtree(run_dir)
+            proc = _start(run_dir)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert kills >= 1
+    _same_params(reference / "checkpoints/last.npz", run_dir / "checkpoints/last.npz")
+    _same_metrics(reference, run_dir)
+
+
+def test_sigterm_stops_mid_epoch_saves_and_resumes_bit_identically(reference: Path, tmp_path: Path,
+                                                                   nitro) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir)
+    _wait_rows(run_dir, 1, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "interrupted" in err and "resume=" in err and "Traceback" not in err
+    state = load_checkpoint(run_dir / "checkpoints/last.npz").state
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "interrupted" in summary["error"]
+    res = nitro("train", f"resume={run_dir / 'checkpoints/last.npz'}", f"hydra.run.dir={run_dir}")
+    assert res.returncode == 0, res.stderr
+    if state["position"] is not None:
+        assert f"batch {state['position']['next_batch']}" in res.stdout
+    _same_params(reference / "checkpoints/last.npz", run_dir / "checkpoints/last.npz")
+    _same_metrics(reference, run_dir)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_resume_may_extend_the_run_but_not_change_it(tiny_run: Path, nitro, tmp_path: Path) -> None:
+    last = tiny_run / "checkpoints/last.npz"
+    clean_error(nitro("train", f"resume={last}", "model.hidden=[64]", f"hydra.run.dir={tmp_path / 'a'}"),
+                "cannot change model.hidden")
+    clean_error(nitro("train", f"resume={last}", "model=mlp2", f"hydra.run.dir={tmp_path / 'b'}"),
+                "cannot change model")
+    res = nitro("train", f"resume={last}", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'c'}")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "c/summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["status"] == "completed"
+    cfg = yaml.safe_load((tmp_path / "c/.hydra/config.yaml").read_text())
+    assert cfg["model"]["hidden"] == [32] and cfg["trainer"]["max_epochs"] == 3
+
+
+def test_a_new_run_never_overwrites_another_runs_checkpoints(tiny_run: Path, tmp_path: Path, nitro) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "checkpoints/last.npz").read_bytes()
+    clean_error(nitro("train", *TINY, "model=mlp2", f"hydra.run.dir={run}"), "already holds a run", "resume=")
+    assert (run / "checkpoints/last.npz").read_bytes() == before
+    assert yaml.safe_load((run / ".hydra/config.yaml").read_text())["model"]["preset"] == "mlp1"
+
+
+# ------------------------------------------------------------------------------- hostile checkpoints
+
+
+def _bad_checkpoints(tiny_ckpt: Path, tmp_path: Path, marker: Path) -> dict[str, tuple[Path, str]]:
+    data = tiny_ckpt.read_bytes()
+    out = {}
+    (tmp_path / "truncated.npz").write_bytes(data[: len(data) // 2])
+    out["truncated"] = (tmp_path / "truncated.npz", "not a usable nitro checkpoint")
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0x10
+    (tmp_path / "flipped.npz").write_bytes(bytes(flipped))
+    out["flipped"] = (tmp_path / "flipped.npz", "not a usable nitro checkpoint")
+    out["pickle"] = (pickled_checkpoint(tmp_path / "pickle.npz", marker, tiny_ckpt), "pickle")
+    (tmp_path / "text.npz").write_text("epoch: 3\n")
+    out["text"] = (tmp_path / "text.npz", "not an .npz archive")
+    np.savez(tmp_path / "foreign.npz", w=np.zeros((3, 3), dtype=np.int32))
+    out["foreign"] = (tmp_path / "foreign.npz", "foreign")
+    return out
+
+
+@pytest.mark.parametrize("kind", ["truncated", "flipped", "pickle", "text", "foreign"])
+def test_bad_checkpoints_are_refused_by_eval_and_resume(kind: str, tiny_ckpt: Path, tmp_path: Path,
+                                                        nitro) -> None:
+    marker = tmp_path / "pwned"
+    path, needle = _bad_checkpoints(tiny_ckpt, tmp_path, marker)[kind]
+    clean_error(nitro("eval", f"ckpt={path}", f"hydra.run.dir={tmp_path / 'e'}"), needle)
+    clean_error(nitro("train", f"resume={path}", f"hydra.run.dir={tmp_path / 't'}"), needle)
+    assert not marker.exists()
+    assert not (tmp_path / "t/checkpoints/last.npz").exists()
+
+
+def test_eval_refuses_a_dataset_of_another_shape(tiny_ckpt: Path, tmp_path: Path, nitro) -> None:
+    clean_error(nitro("eval", f"ckpt={tiny_ckpt}", "data=cifar10", f"hydra.run.dir={tmp_path / 'e'}"),
+                "1x28x28", "cifar10 has 3x32x32")
+
+
+def test_full_disk_while_checkpointing_stops_cleanly_and_keeps_the_last_checkpoint(tiny_run: Path,
+                                                                                   tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    last = run / "checkpoints/last.npz"
+    limit = last.stat().st_size // 2  # caps every file the process writes: the checkpoint no longer fits
+
+    def cap_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write() then raises instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    res = subprocess.run([*nitro_cmd(), "train", f"resume={last}", "trainer.max_epochs=3",
+                          f"hydra.run.dir={run}"], capture_output=True, text=True, env=nitro_env(),
+                         timeout=180, cwd=tmp_path, preexec_fn=cap_file_size)
+    clean_error(res, "cannot write checkpoint", "is intact", f"resume={last}")
+    assert load_checkpoint(last).state["epoch"] == 2
+    assert not list(last.parent.glob(".*.tmp"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "cannot write checkpoint" in summary["error"]
