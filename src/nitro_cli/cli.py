@@ -95,10 +95,30 @@ def hydra_error_message(exc: BaseException, command: str) -> str:
     return " ".join(x for x in lines if x) or exc.__class__.__name__
 
 
-def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> int:
+def user_error_message(exc: BaseException, command: str) -> str | None:
+    """The one-paragraph message for an error the user caused, or None for a bug (shown with traceback).
+
+    Anything raised while Hydra parses overrides and composes the config (before our task runs) comes from
+    the command line, whatever its type (Hydra raises e.g. a bare ValueError for `model=0`).
+    """
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from .apps.common import JobFailed, sweep_failure_message
+
+    if isinstance(exc, JobFailed):
+        return sweep_failure_message()
+    if isinstance(exc, NitroError):
+        return str(exc)
+    if isinstance(exc, HydraException | OmegaConfBaseException):
+        return hydra_error_message(exc, command)
+    if isinstance(exc, Exception) and not getattr(exc, "nitro_in_task", False):
+        return (f"invalid override: {hydra_error_message(exc, command)} (`nitro {command} --help` lists the "
+                "config groups and their presets)")
+    return None
+
+
+def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> int:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Let Hydra's errors reach us as exceptions (it would otherwise print its own report and exit 1).
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -109,16 +129,11 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
         return _fail(str(exc.code), 1)
-    except NitroError as exc:
-        if full_error:
+    except Exception as exc:
+        message = None if full_error else user_error_message(exc, command)
+        if message is None:
             raise
-        from .apps.common import JobFailed, sweep_failure_message
-
-        return _fail(sweep_failure_message() if isinstance(exc, JobFailed) else str(exc))
-    except (HydraException, OmegaConfBaseException) as exc:
-        if full_error:
-            raise
-        return _fail(hydra_error_message(exc, command))
+        return _fail(message)
     return 0
 
 

@@ -57,12 +57,20 @@ def run_task(task: Callable[[], Any]) -> Any:
     """
     try:
         return task()
-    except NitroError as exc:
-        hc = HydraConfig.get()
-        if hc.mode == RunMode.MULTIRUN:
-            overrides = " ".join(hc.overrides.task)
-            print(f"error: job {hc.job.num} ({overrides}): {exc}", file=sys.stderr, flush=True)
-            FAILED_JOBS.append(f"job {hc.job.num}")
-            raise JobFailed(f"job {hc.job.num} ({overrides}) of the sweep failed: {exc}") from None
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+    except Exception as exc:
+        if not isinstance(exc, NitroError):
+            exc.nitro_in_task = True  # type: ignore[attr-defined]  # a bug of ours, not a bad config
+            raise
+        return _task_failed(exc)
+
+
+def _task_failed(exc: NitroError) -> None:
+    """Print the error; exit 2 in a single run, re-raise as JobFailed inside a multirun."""
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        overrides = " ".join(hc.overrides.task)
+        print(f"error: job {hc.job.num} ({overrides}): {exc}", file=sys.stderr, flush=True)
+        FAILED_JOBS.append(f"job {hc.job.num}")
+        raise JobFailed(f"job {hc.job.num} ({overrides}) of the sweep failed: {exc}") from None
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None

@@ -152,8 +152,10 @@ class _Run:
             "group": experiment_group(self.cfg), "error": self.error,
         }
 
-    def write_summary(self) -> None:
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(self.summary(), indent=2) + "\n")
+    def write_summary(self) -> Summary:
+        summary = self.summary()
+        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
 
 
 def _metrics_header(num_heads: int) -> list[str]:
@@ -329,8 +331,7 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
     if not (run.ckpt_dir / "last.npz").exists():  # resumed into a new dir with nothing left to train
         _save_last(run, model, opt, plateau, early, rngs, data, None, None)
     run.status = "completed"
-    run.write_summary()
-    s = run.summary()
+    s = run.write_summary()
     log.info(f"done: {run.epoch} epochs, final test accuracy {s['test_accuracy']:.2%}, best "
              f"{s['best_test_accuracy']:.2%} (epoch {s['best_epoch']}), {s['wall_seconds']:.1f}s; "
              f"outputs in {run.run_dir}")

@@ -1,0 +1,137 @@
+"""The runner as a library (no Hydra process): configs, validation, fuzzed overrides, fit, disk-full."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from nitro_cli.cli import user_error_message
+from nitro_cli.errors import NitroError
+from nitro_cli.runner import fit, load_checkpoint, validate_train_config
+from nitro_cli.runner import loop as loop_module
+from nitro_cli.runner.config import TRAIN_SCHEMA
+
+# The spec's table (section 5): row -> (preset, dataset, augment, dropout, fwd_decay_inv, subnet_decay_inv)
+PAPER = {
+    "mlp1_mnist": ("mlp1", "mnist", False, 0.0, 12000, 3000),
+    "mlp2_fashion": ("mlp2", "fashion_mnist", False, 0.0, 10000, 8000),
+    "mlp3_mnist": ("mlp3", "mnist", True, 0.0, 28000, 500),
+    "mlp3_fashion": ("mlp3", "fashion_mnist", True, 0.0, 29000, 6000),
+    "mlp4_cifar10": ("mlp4", "cifar10", True, 0.1, 19000, 7500),
+    "vgg8b_mnist": ("vgg8b", "mnist", True, 0.0, 30000, 3000),
+    "vgg8b_fashion": ("vgg8b", "fashion_mnist", True, 0.1, 28000, 3500),
+    "vgg8b_cifar10": ("vgg8b", "cifar10", True, 0.15, 25000, 3000),
+    "vgg11b_cifar10": ("vgg11b", "cifar10", True, 0.0, 28000, 4500),
+}
+
+
+def composed(*overrides: str, name: str = "train") -> dict[str, Any]:
+    with initialize_config_module("nitro_cli.configs", version_base="1.3"):
+        cfg = compose(name, overrides=list(overrides))
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return out
+
+
+@pytest.mark.parametrize("row", sorted(PAPER))
+def test_every_paper_row_pins_the_spec_table(row: str) -> None:
+    cfg = validate_train_config(composed(f"experiment=paper/{row}"))
+    preset, data, augment, dropout, fwd, sub = PAPER[row]
+    assert cfg["experiment"] == f"paper/{row}"
+    assert (cfg["model"]["preset"], cfg["data"]["name"], cfg["data"]["augment"]) == (preset, data, augment)
+    assert cfg["model"]["dropout"] == dropout
+    o = cfg["optimizer"]
+    assert (o["lr_inv"], o["amp"], o["fwd_decay_inv"], o["subnet_decay_inv"]) == (512, None, fwd, sub)
+    assert o["plateau"] == {"factor": 3, "patience": 15, "start_epoch": 10, "min_delta": 0.01}
+    assert o["early_stop"] == {"patience": 35, "start_epoch": 30, "min_delta": 0.01}
+    t = cfg["trainer"]
+    assert t["name"] == "paper" and t["max_epochs"] == 150 and t["batch_size"] == 64
+    assert t["val_fraction"] == 0 and t["monitor"] == "test" and t["augment_per_batch"]
+    assert t["drop_last"] and t["test_drop_last"]
+
+
+def test_quickstart_defaults() -> None:
+    cfg = validate_train_config(composed())
+    assert (cfg["data"]["name"], cfg["model"]["preset"], cfg["trainer"]["name"]) == ("mnist_mini", "mlp1",
+                                                                                     "default")
+    assert cfg["seed"] == 42 and cfg["resume"] is None and cfg["experiment"] == "custom"
+    assert cfg["trainer"]["val_fraction"] == 0.1 and not cfg["trainer"]["test_drop_last"]
+
+
+def _leaf_keys(schema: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in schema.items():
+        keys += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+    return keys
+
+
+KEYS = _leaf_keys(TRAIN_SCHEMA) + ["optimizer.plateau", "model", "data", "trainer", "nope", "model.nope",
+                                   "optimizer.plateau.factor", "optimizer.early_stop.patience"]
+VALUES = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(lambda f: str(f).lower()),
+    st.sampled_from(["true", "false", "null", "[]", "[1,2]", "[0]", "[M,64]", "{}", "{a: 1}", "mlp2",
+                     "cifar10", "'x y'", "${seed}", "${nope}", "[", "'", "=", "a=b", "paper", "val", "test",
+                     "64"]),
+    st.text(alphabet="abcM0123456789-_.,[]{}:='\" $", max_size=12),
+    st.lists(st.integers(-5, 5000), max_size=4).map(lambda xs: "[" + ",".join(map(str, xs)) + "]"),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(KEYS), value=VALUES, plus=st.booleans())
+def test_fuzzed_overrides_give_a_valid_config_or_a_clean_error(key: str, value: str, plus: bool) -> None:
+    override = f"{'+' if plus else ''}{key}={value}"
+    try:
+        cfg = validate_train_config(composed(override))
+    except Exception as exc:  # what `nitro` would print instead of a traceback
+        message = user_error_message(exc, "train")
+        assert message and "Traceback" not in message, repr(exc)
+    else:
+        assert cfg["trainer"]["batch_size"] >= 1 and cfg["optimizer"]["lr_inv"] >= 1
+        assert 0 <= cfg["model"]["dropout"] < 1
+
+
+TINY_CFG = ("model.hidden=[16]", "trainer.max_epochs=2", "engine=numpy", "trainer.progress=none")
+
+
+def test_fit_as_a_library_writes_every_output(tmp_path: Path) -> None:
+    summary = fit(composed(*TINY_CFG), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert json.loads((tmp_path / "run/summary.json").read_text()) == summary
+    ckpt = load_checkpoint(tmp_path / "run/checkpoints/last.npz")
+    assert ckpt.state["epoch"] == 2 and ckpt.state["config"]["model"]["hidden"] == [16]
+    assert all(a.dtype == np.int32 for k, a in ckpt.arrays.items() if k.startswith("param/"))
+    assert (tmp_path / "run/train.log").read_text().count("epoch ") >= 2
+
+
+def test_disk_full_on_the_second_checkpoint_keeps_the_first(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    real, calls = loop_module.save_checkpoint, []
+
+    def flaky(path: Path, arrays: dict, state: dict) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, arrays, state)
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", flaky)
+    with pytest.raises(NitroError, match="No space left on device.*previous .* is intact"):
+        fit(composed(*TINY_CFG), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.npz").state["epoch"] == 1
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["status"] == "failed" and "No space left" in summary["error"]
+
+
+def test_widths_that_do_not_fit_the_data_are_refused_before_training(tmp_path: Path) -> None:
+    with pytest.raises(NitroError, match="pools a"):
+        fit(composed("model=vgg8b", "model.features=[8,M,M,M,M,M,M]", *TINY_CFG), tmp_path / "run")
+    assert not (tmp_path / "run/checkpoints/last.npz").exists()
