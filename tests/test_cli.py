@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import TINY, nitro_cmd, nitro_env, params, pickled_checkpoint
-from nitro_cli.runner import load_checkpoint
+from nitro_cli.runner import load_checkpoint, save_checkpoint
 
 SUMMARY_KEYS = {"experiment", "trainer", "seed", "status", "epochs_run", "test_accuracy",
                 "best_test_accuracy", "best_epoch", "val_accuracy", "wall_seconds", "samples_per_s", "model",
@@ -328,10 +328,16 @@ def _bad_checkpoints(tiny_ckpt: Path, tmp_path: Path, marker: Path) -> dict[str,
     out["text"] = (tmp_path / "text.npz", "not an .npz archive")
     np.savez(tmp_path / "foreign.npz", w=np.zeros((3, 3), dtype=np.int32))
     out["foreign"] = (tmp_path / "foreign.npz", "foreign")
+    # A forged file: a valid manifest (anyone can compute one) over nonsense run state.
+    real = load_checkpoint(tiny_ckpt)
+    forged = {**real.state, "config": {"model": 5}, "model": {"preset": "mlp1", "hidden": [10**12]},
+              "epoch": "x", "rng": None}
+    save_checkpoint(tmp_path / "forged.npz", real.arrays, forged)
+    out["forged"] = (tmp_path / "forged.npz", "not written by `nitro train`")
     return out
 
 
-@pytest.mark.parametrize("kind", ["truncated", "flipped", "pickle", "text", "foreign"])
+@pytest.mark.parametrize("kind", ["truncated", "flipped", "pickle", "text", "foreign", "forged"])
 def test_bad_checkpoints_are_refused_by_eval_and_resume(kind: str, tiny_ckpt: Path, tmp_path: Path,
                                                         nitro) -> None:
     marker = tmp_path / "pwned"

@@ -13,6 +13,7 @@ from ..engine import BackendUnavailable, get_backend
 from ..errors import NitroError
 from ..nn import NitroNet, build_from_config
 from .checkpoint import Checkpoint, load_checkpoint
+from .config import validate_train_config
 from .prepare import scored_test_count
 
 
@@ -45,7 +46,7 @@ def model_from_checkpoint(ckpt: Checkpoint, xp: Any = np) -> NitroNet:
         model = build_from_config(config, np.random.default_rng(0), xp)  # type: ignore[arg-type]
     except NitroError as exc:
         raise NitroError(f"{ckpt.path}: its model cannot be rebuilt ({exc})") from None
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, MemoryError):
         raise NitroError(f"{ckpt.path}: its model description is missing or malformed") from None
     try:
         model.load_state_dict({k: v for k, v in ckpt.arrays.items() if k.startswith("param/")})
@@ -65,13 +66,14 @@ def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None,
     ckpt = load_checkpoint(path)
     state = ckpt.state
     try:
-        run_cfg = state["config"]
-        trainer = run_cfg["trainer"]
-        name = data["name"] if data else run_cfg["data"]["name"]
+        trainer = validate_train_config(state["config"])["trainer"]
+        name = data["name"] if data else state["config"]["data"]["name"]
+        epoch = int(state.get("epoch", 0))
         normalizer = Normalizer.from_state_dict({k[5:]: v for k, v in ckpt.arrays.items()
                                                  if k.startswith("norm/")})
-    except (KeyError, TypeError) as exc:
-        raise NitroError(f"{path}: the checkpoint lacks {exc}; it was not written by `nitro train`") from None
+    except (KeyError, TypeError, ValueError, AttributeError, NitroError) as exc:
+        raise NitroError(f"{path}: its run record is incomplete or malformed ({exc}); it was not written by "
+                         "`nitro train`") from None
     try:
         xp = get_backend(backend)
     except BackendUnavailable as exc:
@@ -86,7 +88,7 @@ def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None,
     n = scored_test_count(len(raw.test_y), trainer)
     x = normalizer.apply(raw.test_x[:n])
     result = model.evaluate(x, raw.test_y[:n].astype(np.int64), batch_size)
-    return EvalReport(ckpt=str(path), data=name, epoch=int(state.get("epoch", 0)), n=result.n,
+    return EvalReport(ckpt=str(path), data=name, epoch=epoch, n=result.n,
                       test_accuracy=result.accuracy, head_names=model.head_names,
                       head_accuracies=result.head_accuracies, confusion=result.confusion,
                       class_names=list(raw.class_names))

@@ -103,9 +103,11 @@ def resume_config(ckpt: Checkpoint, current: Mapping[str, Any], explicit: list[s
     `explicit` lists the keys the user set on the command line; setting any other key to a value that
     differs from the checkpoint is refused (the run would no longer be the run that was interrupted).
     """
-    saved = ckpt.state.get("config")
-    if not isinstance(saved, dict):
-        raise NitroError(f"{ckpt.path} holds no run config; it was not written by `nitro train`")
+    try:
+        saved = validate_train_config(ckpt.state.get("config"))  # type: ignore[arg-type]
+    except NitroError as exc:
+        raise NitroError(f"{ckpt.path} holds no valid run config ({exc}); it was not written by "
+                         "`nitro train`") from None
     cfg = json.loads(json.dumps(saved))
     for key in explicit:
         if any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
@@ -405,6 +407,7 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
     display.line(f"epoch {epoch}/{t['max_epochs']}  loss {train_loss:.3f}  train {train_acc:.2%}{val}  "
                  f"test {test.accuracy:.2%}  heads [{heads}]  lr_inv {lr_inv}  {seconds:.1f}s  "
                  f"{acc['n'] / max(acc['seconds'], 1e-9):.0f} img/s" + ("  *best*" if improved else ""))
+    display.epoch_done(epoch)
     if lowered:
         display.line(f"plateau: lr_inv {lr_inv} -> {opt.lr_inv}")
     if stop_now:
@@ -476,7 +479,7 @@ def _restore(run: _Run, ckpt: Checkpoint, model: NitroNet, opt: IntegerSGD, plat
             raise NitroError("its mid-epoch position does not match the training set")
     except NitroError as exc:
         raise NitroError(f"cannot resume from {ckpt.path}: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise NitroError(f"cannot resume from {ckpt.path}: its run state is incomplete ({exc})") from None
     atomic_write_text(run.run_dir / "metrics.csv", _csv_text([header, *run.metrics]))
     src_best = ckpt.path.parent / "best.npz" if ckpt.path is not None else None

@@ -35,6 +35,9 @@ class Display:
     def batch_done(self, done: int, loss: float, acc: float, samples_per_s: float) -> None:
         pass
 
+    def epoch_done(self, epoch: int) -> None:
+        pass
+
     def line(self, text: str) -> None:
         self.log.info(text)
 
@@ -84,6 +87,9 @@ class RichDisplay(Display):
     def batch_done(self, done: int, loss: float, acc: float, samples_per_s: float) -> None:
         self.progress.update(self.batches, completed=done,
                              info=f"loss {loss:.3f}  acc {acc:.2%}  {samples_per_s:.0f} img/s")
+
+    def epoch_done(self, epoch: int) -> None:
+        self.progress.update(self.epochs, completed=epoch)
 
     def line(self, text: str) -> None:
         # The file handler keeps the record; the console copy goes above the live bars.
