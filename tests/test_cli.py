@@ -372,3 +372,19 @@ def test_full_disk_while_checkpointing_stops_cleanly_and_keeps_the_last_checkpoi
     assert not list(last.parent.glob(".*.tmp"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "cannot write checkpoint" in summary["error"]
+
+
+def test_tab_completion_goes_through_the_subcommand(nitro) -> None:
+    res = nitro("-sc", "install=bash")
+    assert res.returncode == 0 and res.stdout.rstrip().endswith("hydra_bash_completion nitro")
+
+    def query(line: str) -> list[str]:
+        env = {**nitro_env(), "COMP_LINE": line, "COMP_POINT": str(len(line))}
+        out = subprocess.run([*nitro_cmd(), "-sc", "query=bash"], capture_output=True, text=True, env=env,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert query("nitro tr") == ["train"]
+    assert "model=vgg8b" in query("nitro train model=")
+    assert "ckpt=" in query("nitro eval ck")

@@ -122,7 +122,7 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     # Let Hydra's errors reach us as exceptions (it would otherwise print its own report and exit 1).
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    sys.argv = [f"nitro {command}", *args]
+    sys.argv = ["nitro" if args[:1] in (["-sc"], ["--shell-completion"]) else f"nitro {command}", *args]
     try:
         main()
     except SystemExit as exc:
@@ -135,6 +135,26 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
             raise
         return _fail(message)
     return 0
+
+
+def _completion_target(args: list[str]) -> tuple[str | None, list[str]]:
+    """Tab completion through Hydra: `eval "$(nitro -sc install=bash)"` once; then bash calls
+    `nitro -sc query=bash` with the line in COMP_LINE, which goes to the subcommand's app minus its name."""
+    if not any(a.startswith("query") for a in args):
+        return "train", args  # install/uninstall: one script for every app, registered for `nitro`
+    line = os.environ.get("COMP_LINE", "")
+    point = int(os.environ.get("COMP_POINT", len(line)))
+    words = line[:point].split(" ")
+    if len(words) <= 2:  # still typing the subcommand
+        prefix = words[1] if len(words) == 2 else ""
+        print(" ".join(c for c in COMMANDS if c.startswith(prefix)))
+        return None, []
+    if words[1] not in ("train", "eval", "report"):
+        return None, []
+    cut = len(words[0]) + 1 + len(words[1])  # drop " <subcommand>" but keep the program name
+    os.environ["COMP_LINE"] = line[: len(words[0])] + line[cut:]
+    os.environ["COMP_POINT"] = str(point - (cut - len(words[0])))
+    return words[1], args
 
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -167,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] in ("-V", "--version"):
         print(f"nitro {__version__}")
         return 0
-    command, rest = args[0], args[1:]
+    if args[0] in ("-sc", "--shell-completion"):
+        command, rest = _completion_target(args)
+        if command is None:
+            return 0
+    else:
+        command, rest = args[0], args[1:]
     try:
         if command == "train":
             from .apps.train import main as app
