@@ -147,12 +147,14 @@ def main() -> int:
     gemm_rate = args.gemm_gflops or float64_gemm_gflops()
     cases = args.case or [*CASES, "torch_fp32_vgg8b_train"]
     if len(cases) == 1:
-        result = torch_case(gemm_rate) if cases[0] == "torch_fp32_vgg8b_train" else run_case(cases[0], gemm_rate)
+        name = cases[0]
+        result = torch_case(gemm_rate) if name == "torch_fp32_vgg8b_train" else run_case(name, gemm_rate)
         if result is not None:
             print(json.dumps(result), flush=True)
         return 0
     for name in cases:  # one subprocess per case: separate peak memory, no cross-case warm caches
-        subprocess.run([sys.executable, __file__, "--case", name, "--gemm-gflops", str(gemm_rate)], check=True)
+        command = [sys.executable, __file__, "--case", name, "--gemm-gflops", str(gemm_rate)]
+        subprocess.run(command, check=True)
     return 0
 
 
