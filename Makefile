@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench reproduce-mlp clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ lint: install
 
 bench: install
 	$(BIN)/python scripts/bench.py
+
+# The paper's MLP1/MLP2 rows, 10 seeds, both protocols (about 45 minutes on 2 cores); needs NITRO_DATA.
+reproduce-mlp: install
+	scripts/reproduce-mlp.sh results/mlp
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
