@@ -388,3 +388,16 @@ def test_tab_completion_goes_through_the_subcommand(nitro) -> None:
     assert query("nitro tr") == ["train"]
     assert "model=vgg8b" in query("nitro train model=")
     assert "ckpt=" in query("nitro eval ck")
+
+
+def test_an_integer_overflow_stops_the_run_with_a_clear_error(nitro, tmp_path: Path):
+    """Without decay and with lr_inv = amp = 1 the weights outgrow int32 within the first epoch."""
+    run_dir = tmp_path / "ovf"
+    res = nitro("train", *TINY, "optimizer.lr_inv=1", "optimizer.amp=1", "optimizer.fwd_decay_inv=null",
+                "optimizer.subnet_decay_inv=null", f"hydra.run.dir={run_dir}")
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    assert "integer overflow in epoch 1: weight update of layer block1" in res.stderr
+    assert "do not fit int32" in res.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "overflow" in summary["error"]

@@ -271,7 +271,7 @@ def _try_summary(run: _Run) -> None:
 
 
 def _as_nitro_error(exc: BaseException, run: _Run) -> NitroError | None:
-    where = f"in epoch {run.epoch + 1}" if run.metrics or run.epoch else "before the first epoch"
+    where = f"in epoch {run.epoch + 1}"
     if isinstance(exc, NitroError):
         return exc
     if isinstance(exc, BackendUnavailable):
