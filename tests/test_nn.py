@@ -389,3 +389,11 @@ def test_a_whole_training_step_matches_an_independent_reference(p):
     assert all(expected[name].tolist() != w[name].tolist() for name in w)  # every layer learned
     for layer in model.layers():
         assert layer.weight.tolist() == expected[layer.name].tolist(), layer.name
+
+
+def test_nitro_relu_accepts_wide_inputs_without_wrapping():
+    x = np.array([-(2**40), -70000, -129, -128, 0, 126, 127, 128, 65663, 2**40], dtype=np.int64)
+    narrow = np.clip(x, -128, 127).astype(np.int8)  # what the values mean to the layer
+    assert nitro_relu(x).tolist() == nitro_relu(narrow).tolist()
+    delta = np.arange(1, 11, dtype=np.int64) * 1000
+    assert nitro_relu_backward(x, delta).tolist() == nitro_relu_backward(narrow, delta).tolist()

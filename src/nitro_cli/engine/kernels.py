@@ -47,7 +47,10 @@ def max_abs(a: Any) -> int:
 
 
 def trunc_div(a: Any, b: Any) -> Any:
-    """Integer division rounding toward zero (C semantics), unlike floor division `//`."""
+    """Integer division rounding toward zero (C semantics), unlike floor division `//`.
+
+    a - fmod(a, b) is an exact multiple of b between 0 and a, so it neither overflows nor needs rounding.
+    """
     xp = array_module(a)
     a = xp.asarray(a)
     _require_integer(a, "trunc_div numerator")
@@ -59,15 +62,11 @@ def trunc_div(a: Any, b: Any) -> Any:
             # Power of two: add b - 1 to negatives, then shift (arithmetic, so it floors): rounds toward zero.
             shift = b.bit_length() - 1
             return (a + ((a >> (a.dtype.itemsize * 8 - 1)) & (b - 1))) >> shift
-        if b > 0:
-            q = a // b
-            return q + ((q < 0) & (q * b != a))
     else:
         _require_integer(b, "trunc_div denominator")
         if bool((b == 0).any()):
             raise ZeroDivisionError("trunc_div by zero")
-    q = a // b
-    return q + ((q < 0) & (q * b != a))
+    return (a - xp.fmod(a, b)) // b
 
 
 def saturate(x: Any, lo: int, hi: int, dtype: Any) -> Any:

@@ -136,13 +136,18 @@ def scaling(x: Any, fan_in: int) -> Any:
     return saturate(trunc_div(x, SCALE_PER_FAN_IN * fan_in), -127, 127, np.int8)
 
 
+def _relu_input(x: Any) -> Any:
+    """x as int16; wider inputs are clipped to [-128, 127] first, which changes neither pass's result."""
+    return x.astype(np.int16) if x.dtype.itemsize == 1 else saturate(x, -128, 127, np.int16)
+
+
 def nitro_relu(x: Any, slope: int = 4) -> Any:
     """Mean-centred integer leaky ReLU: clip(x, 0, 127) + trunc(clip(x, -127, 0) / slope) - correction."""
     if slope not in RELU_MEAN_CORRECTION:
         raise ValueError(f"NITRO-ReLU slope {slope} has no mean correction; use one of "
                          f"{sorted(RELU_MEAN_CORRECTION)}")
     xp = array_module(x)
-    x16 = x.astype(np.int16)
+    x16 = _relu_input(x)
     y = xp.clip(x16, 0, 127) + trunc_div(xp.clip(x16, -127, 0), slope) - RELU_MEAN_CORRECTION[slope]
     return y.astype(np.int8)
 
@@ -150,7 +155,7 @@ def nitro_relu(x: Any, slope: int = 4) -> Any:
 def nitro_relu_backward(x: Any, delta: Any, slope: int = 4) -> Any:
     """trunc(delta / g): g = 1 on [0, 127), g = slope on [-127, 0); zero error where the input saturated."""
     xp = array_module(x)
-    x = x.astype(np.int16)
+    x = _relu_input(x)
     zero = delta.dtype.type(0)
     negative = (x >= -127) & (x < 0)
     out = xp.where(negative, trunc_div(delta, slope), delta)
