@@ -11,17 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nitro_cli.errors import NitroError
+from ..engine import trunc_div
+from ..errors import NitroError
 
 TARGET_SCALE = 51  # 51 ~ 64 / 1.25: normalized values get a standard deviation of about 64
 _CHUNK = 1 << 20
-
-
-def trunc_div(a: np.ndarray, b: np.ndarray | int) -> np.ndarray:
-    """Integer division rounding toward zero, for int64 numerators and positive divisors."""
-    a = np.asarray(a, dtype=np.int64)
-    q = np.abs(a) // b
-    return np.where(a < 0, -q, q)
 
 
 def _check_images(x: np.ndarray) -> None:
