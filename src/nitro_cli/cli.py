@@ -95,6 +95,34 @@ def hydra_error_message(exc: BaseException, command: str) -> str:
     return " ".join(x for x in lines if x) or exc.__class__.__name__
 
 
+def launcher_error_message(exc: BaseException) -> str:
+    """One paragraph for a job that a submitit launcher could not bring to an end (killed, timed out,
+    crashed outside our task): what happened, and where its logs and the sweep's outputs are."""
+    text = str(exc)
+    if "\n---" in text and "failed during processing" in text:  # FailedJobError: trace between rulers
+        trace = [line for line in text.split("\n---", 2)[1].splitlines() if line.strip("- ")]
+        what = f"a job of the sweep failed: {trace[-1].strip() if trace else exc.__class__.__name__}"
+    else:  # UncompletedJobError: no result (timeout, out of memory, killed, cancelled)
+        head = " ".join(text.split("\n-", 1)[0].split())
+        head = re.sub(r"\s*(No error stream|Error stream produced|No output/error stream).*", "", head)
+        what = f"a job of the sweep did not complete: {head}"
+    logs = sorted(set(re.findall(r"(\S+_log\.(?:err|out))", text)))
+    sweep = re.search(r"(\S+?)/\.submitit/", text)
+    where = f"; its logs: {', '.join(logs)}" if logs else ""
+    rest = (f"; `nitro report runs={sweep.group(1)}` shows how the other jobs ended" if sweep else "")
+    return f"{what}{where}{rest}"
+
+
+def _raised_in_launcher(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc` is in a launcher plugin (submitit, joblib), not in our task."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    name = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return not getattr(exc, "nitro_in_task", False) and any(
+        part in name.replace("\\", "/") for part in ("/submitit/", "/hydra_plugins/", "/joblib/"))
+
+
 def user_error_message(exc: BaseException, command: str) -> str | None:
     """The one-paragraph message for an error the user caused, or None for a bug (shown with traceback).
 
@@ -107,9 +135,15 @@ def user_error_message(exc: BaseException, command: str) -> str | None:
     from .apps.common import JobFailed, sweep_failure_message
 
     if isinstance(exc, JobFailed):
-        return sweep_failure_message()
+        return sweep_failure_message(exc)
     if isinstance(exc, NitroError):
         return str(exc)
+    if type(exc).__module__.startswith("submitit."):  # a launcher's job that ended without a result
+        return launcher_error_message(exc)
+    if _raised_in_launcher(exc):
+        return (f"the sweep's launcher could not run it: {' '.join(str(exc).split())} (hydra/launcher="
+                "submitit_slurm and slurm_cluster submit with sbatch from a SLURM login node; "
+                "submitit_local and joblib run on this machine)")
     if isinstance(exc, HydraException | OmegaConfBaseException):
         return hydra_error_message(exc, command)
     if isinstance(exc, Exception) and not getattr(exc, "nitro_in_task", False):
@@ -158,29 +192,41 @@ def _completion_target(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# Set (to 1) when nitro chose the BLAS thread count itself: a SLURM job, which inherits the environment of
+# the busy login node that submitted it, may then pick its own (see configs/hydra/launcher/slurm_cluster).
+AUTO_THREADS_MARK = "NITRO_AUTO_BLAS_THREADS"
 
 
-def _single_blas_thread_when_busy() -> None:
+def _parallel_local_sweep(args: list[str]) -> bool:
+    """A multirun whose launcher starts every job at once on this machine (submitit_local)."""
+    return (any(a in ("-m", "--multirun") for a in args)
+            and any(re.fullmatch(r"(\+|\+\+)?hydra/launcher=submitit_local", a) for a in args))
+
+
+def _single_blas_thread_when_busy(args: list[str] | None = None) -> None:
     """Use one BLAS thread when the CPUs are already busy (unless the user chose a thread count).
 
     On a loaded machine OpenBLAS threads wait on each other for whole scheduler time slices: an MLP1
     epoch measured 8 s instead of 0.2 s on 2 busy cores. Results are exact either way; only speed changes.
-    Must run before NumPy is imported.
+    Must run before NumPy is imported. Sweep jobs inherit the choice through the environment (every
+    launcher's job processes do). The jobs of a submitit_local sweep all start at once, so they get one
+    thread each whatever the load; joblib gives its workers cpu_count // n_jobs threads by itself.
     """
     if "numpy" in sys.modules or any(v in os.environ for v in _THREAD_VARS):
         return
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
-        return
-    if load >= (os.cpu_count() or 1) - 0.5:
+        load = 0.0
+    if load >= (os.cpu_count() or 1) - 0.5 or _parallel_local_sweep(args or []):
         os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        os.environ[AUTO_THREADS_MARK] = "1"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nitro` console script; returns the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
-    _single_blas_thread_when_busy()
+    _single_blas_thread_when_busy(args)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0

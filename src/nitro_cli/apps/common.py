@@ -22,11 +22,22 @@ class JobFailed(NitroError):
 FAILED_JOBS: list[str] = []
 
 
-def sweep_failure_message() -> str:
-    """One paragraph for the end of a sweep in which some jobs failed."""
-    jobs = ", ".join(FAILED_JOBS) or "some jobs"
-    return (f"{len(FAILED_JOBS) or 'some'} job(s) of the sweep failed ({jobs}); the others ran to the end. "
-            "Each failed job's error is printed above and stored in its summary.json")
+def sweep_failure_message(exc: JobFailed | None = None) -> str:
+    """One paragraph for the end of a sweep in which some jobs failed.
+
+    With Hydra's basic launcher the jobs ran in this process (FAILED_JOBS lists them, their errors are
+    printed above). Other launchers (joblib, submitit) ran them in other processes, possibly on other
+    machines, whose stderr the user may not see: Hydra hands back the first failed job's JobFailed, so the
+    message names that job and its error, and where every job's status is recorded.
+    """
+    if FAILED_JOBS or exc is None:
+        jobs = ", ".join(FAILED_JOBS) or "some jobs"
+        return (f"{len(FAILED_JOBS) or 'some'} job(s) of the sweep failed ({jobs}); the others ran to the "
+                "end. Each failed job's error is printed above and stored in its summary.json")
+    sweep_dir = getattr(exc, "sweep_dir", None)
+    where = (f"; `nitro report runs={sweep_dir}` lists every failed job with its error" if sweep_dir
+             else "; each job's summary.json records its status and error")
+    return f"{exc}. The sweep's other jobs ran to the end{where}"
 
 
 def plain_config(cfg: DictConfig) -> dict[str, Any]:
@@ -70,7 +81,9 @@ def _task_failed(exc: NitroError) -> None:
     if hc.mode == RunMode.MULTIRUN:
         overrides = " ".join(hc.overrides.task)
         print(f"error: job {hc.job.num} ({overrides}): {exc}", file=sys.stderr, flush=True)
-        FAILED_JOBS.append(f"job {hc.job.num}")
-        raise JobFailed(f"job {hc.job.num} ({overrides}) of the sweep failed: {exc}") from None
+        FAILED_JOBS.append(f"job {hc.job.num}")  # read by this process only if the job ran in it
+        failed = JobFailed(f"job {hc.job.num} ({overrides}) of the sweep failed: {exc}")
+        failed.sweep_dir = str(hc.sweep.dir)  # type: ignore[attr-defined]  # travels back pickled
+        raise failed from None
     print(f"error: {exc}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None
