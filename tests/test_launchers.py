@@ -1,0 +1,163 @@
+"""Sweeps through Hydra launcher plugins (the `cluster` extra): real `nitro` subprocesses, real launchers.
+
+submitit_local starts each job as its own process (the task function travels pickled), joblib runs them in
+loky worker processes; either way every job writes its own run dir and `nitro report` aggregates them.
+The SLURM preset is only composed here (no cluster); submitting fails with one clean line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nitro_cli import cli
+from nitro_cli.runner import load_checkpoint
+
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the cluster extra")
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the cluster extra")
+
+# Tiny jobs (a second each); submitit_local polls its jobs, a short timeout bounds a stuck one.
+JOB = ["trainer.max_epochs=1", "model.hidden=[16]", "engine=numpy"]
+LAUNCHERS = {
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=2"],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+}
+
+
+def _sweep(nitro, sweep: Path, launcher: str, seeds: str) -> subprocess.CompletedProcess[str]:
+    return nitro("train", "-m", f"seed={seeds}", *JOB, *LAUNCHERS[launcher], f"hydra.sweep.dir={sweep}",
+                 timeout=120)
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_sweep_runs_each_job_in_its_own_process_and_report_aggregates_it(nitro, tmp_path: Path,
+                                                                         launcher: str) -> None:
+    sweep = tmp_path / "sweep"
+    res = _sweep(nitro, sweep, launcher, "1,2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    summaries = [_summary(sweep / str(i)) for i in (0, 1)]
+    assert [s["seed"] for s in summaries] == [1, 2]
+    assert all(s["status"] == "completed" and s["epochs_run"] == 1 for s in summaries)
+    for i in (0, 1):
+        for f in ("metrics.csv", "train.log", "checkpoints/last.npz", "checkpoints/best.npz",
+                  ".hydra/config.yaml"):
+            assert (sweep / str(i) / f).is_file(), (i, f)
+    if launcher == "submitit_local":  # a job's stdout is a log file: plain progress lines, no rich bars
+        logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.out"))
+        assert logs.count("epoch 1/1") == 2 and "\x1b" not in logs and "━" not in logs
+    else:  # joblib's workers print to our stdout
+        assert res.stdout.count("epoch 1/1") == 2 and "━" not in res.stdout
+
+    out = tmp_path / "report"
+    res = nitro("report", f"runs={sweep}", f"out={out}")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert len(rows) == 1, rows
+    assert rows[0]["n"] == "2" and rows[0]["seeds"] == "1 2" and rows[0]["experiment"] == "custom"
+
+
+def test_a_failing_submitit_job_leaves_the_other_job_complete(nitro, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    res = _sweep(nitro, sweep, "submitit_local", "1,-1")  # seed=-1 is refused by config validation
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr + res.stdout
+    last = res.stderr.strip().splitlines()[-1]
+    # The job ran in another process whose stderr went to its log: the message carries its error.
+    assert last.startswith("error: job 1 (seed=-1"), last
+    assert "seed must be in [0," in last and f"nitro report runs={sweep}" in last
+
+    ok = _summary(sweep / "0")
+    assert ok["status"] == "completed" and ok["seed"] == 1 and ok["error"] is None
+    rows = list(csv.DictReader((sweep / "0" / "metrics.csv").open()))
+    assert len(rows) == 1 and float(rows[0]["test_acc"]) == ok["test_accuracy"]
+    for name in ("last.npz", "best.npz"):
+        ckpt = load_checkpoint(sweep / "0" / "checkpoints" / name)
+        assert ckpt.state["epoch"] == 1 and ckpt.state["config"]["seed"] == 1
+    failed = _summary(sweep / "1")
+    assert failed["status"] == "failed" and "seed" in failed["error"]
+    assert not (sweep / "1" / "checkpoints").exists()
+
+    res = nitro("report", f"runs={sweep}", f"out={tmp_path / 'report'}")
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((tmp_path / "report" / "report.csv").open()))
+    assert len(rows) == 1 and rows[0]["n"] == "1" and rows[0]["seeds"] == "1"
+
+
+def test_slurm_preset_composes_and_takes_overrides(nitro) -> None:
+    res = nitro("train", "hydra/launcher=slurm_cluster", "hydra.launcher.partition=gpu",
+                "hydra.launcher.timeout_min=30", "--cfg", "hydra")
+    assert res.returncode == 0, res.stderr
+    launcher = yaml.safe_load(res.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    assert launcher["partition"] == "gpu" and launcher["timeout_min"] == 30
+    assert launcher["gpus_per_node"] == 1 and launcher["cpus_per_task"] == 8 and launcher["mem_gb"] == 32
+    assert launcher["array_parallelism"] == 16
+    assert any("NITRO_AUTO_BLAS_THREADS" in line and "$SLURM_CPUS_PER_TASK" in line
+               for line in launcher["setup"])
+
+
+@pytest.mark.parametrize(("preset", "target"), [("joblib", "JoblibLauncher"),
+                                                ("submitit_local", "LocalLauncher"),
+                                                ("submitit_slurm", "SlurmLauncher")])
+def test_plugin_presets_compose(nitro, preset: str, target: str) -> None:
+    res = nitro("train", f"hydra/launcher={preset}", "--cfg", "hydra")
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(res.stdout)["hydra"]["launcher"]["_target_"].endswith(target)
+
+
+@pytest.mark.skipif(shutil.which("srun") is not None, reason="a SLURM cluster is present: would submit")
+def test_slurm_sweep_off_a_cluster_fails_in_one_line(nitro, tmp_path: Path) -> None:
+    res = nitro("train", "-m", "hydra/launcher=slurm_cluster", *JOB, f"hydra.sweep.dir={tmp_path / 's'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the sweep's launcher could not run it"), lines
+    assert "srun" in lines[0]
+
+
+def test_submitit_errors_without_a_result_end_in_one_line() -> None:
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    timeout = UncompletedJobError(
+        "Job 7 (task: 0) with path /s/.submitit/7/7_0_result.pkl\nhas not produced any output (state: "
+        "TIMEOUT)\nError stream produced:\n----------------------------------------\nslurmstepd: CANCELLED")
+    msg = cli.user_error_message(timeout, "train")
+    assert msg is not None and "\n" not in msg and "state: TIMEOUT" in msg
+    assert "slurmstepd" not in msg and "nitro report runs=/s" in msg
+    crash = FailedJobError(
+        "Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent "
+        "call last):\n  File \"x.py\", line 1\nMemoryError: out of memory\n----------------------\nYou can "
+        "check full logs with 'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /s/.submitit/7/7_0_log.err"
+        "\n  - /s/.submitit/7/7_0_log.out")
+    msg = cli.user_error_message(crash, "train")
+    assert msg is not None and "Traceback" not in msg
+    assert "MemoryError: out of memory" in msg and "/s/.submitit/7/7_0_log.err" in msg
+
+
+@pytest.mark.parametrize(("load", "args", "threads"), [
+    (0.0, ["-m", "seed=1,2", "hydra/launcher=submitit_local"], "1"),  # all jobs at once: one thread each
+    (0.0, ["-m", "seed=1,2", "hydra/launcher=joblib"], None),  # joblib sizes its workers' threads
+    (0.0, ["seed=1"], None),
+    (99.0, ["-m", "seed=1,2", "hydra/launcher=joblib"], "1"),  # busy machine: jobs inherit one thread
+])
+def test_blas_threads_chosen_before_numpy_reach_the_jobs(monkeypatch, load: float, args: list[str],
+                                                         threads: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (*cli._THREAD_VARS, cli.AUTO_THREADS_MARK)}
+    monkeypatch.setattr(os, "environ", env)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.delitem(sys.modules, "numpy")  # as in a fresh `nitro` process (restored afterwards)
+    cli._single_blas_thread_when_busy(args)
+    assert env.get("OPENBLAS_NUM_THREADS") == threads
+    assert env.get(cli.AUTO_THREADS_MARK) == ("1" if threads else None)
