@@ -109,6 +109,33 @@ def test_slurm_preset_composes_and_takes_overrides(nitro) -> None:
                for line in launcher["setup"])
 
 
+def test_slurm_preset_becomes_the_sbatch_script(monkeypatch, tmp_path: Path) -> None:
+    """The preset's settings, mapped as the submitit launcher maps them, in the script sbatch would get."""
+    import submitit
+    from hydra import compose, initialize_config_module
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from omegaconf import OmegaConf
+    from submitit.slurm import slurm
+
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))  # "srun exists"
+    with initialize_config_module("nitro_cli.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm_cluster", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert isinstance(params, dict)
+    for key in ("_target_", "submitit_folder", "max_num_timeout"):  # not job parameters
+        params.pop(key)
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm")
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("nitro-job", "uid")
+    for line in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB", "--time=480",
+                 "--job-name=nitro"):
+        assert f"#SBATCH {line}\n" in script, line
+    setup = script.index("NITRO_AUTO_BLAS_THREADS")
+    assert setup < script.index("nitro-job") and "OPENBLAS_NUM_THREADS=$SLURM_CPUS_PER_TASK" in script
+
+
 @pytest.mark.parametrize(("preset", "target"), [("joblib", "JoblibLauncher"),
                                                 ("submitit_local", "LocalLauncher"),
                                                 ("submitit_slurm", "SlurmLauncher")])
