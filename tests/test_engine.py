@@ -272,3 +272,10 @@ def test_channels_last_scaled_conv_matches_reference(n, c, o, hw, wmax, seed):
     divisor = 256 * c * 9
     got = conv2d_nhwc_scaled(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), w, divisor).transpose(0, 3, 1, 2)
     assert got.tolist() == ref_scaled(expected, divisor)
+
+
+def test_tf32_is_refused_because_it_breaks_exactness(monkeypatch):
+    monkeypatch.setenv("CUPY_TF32", "1")
+    with pytest.raises(BackendUnavailable, match="CUPY_TF32"):
+        get_backend("cupy")
+    assert get_backend("auto") is np

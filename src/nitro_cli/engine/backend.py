@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
@@ -15,6 +16,9 @@ class BackendUnavailable(RuntimeError):
 
 
 def _cupy_or_reason() -> tuple[ModuleType | None, str]:
+    if os.environ.get("CUPY_TF32", "0") != "0":
+        # TF32 tensor cores round float32 products to 10-bit mantissas: the float32 path would not be exact.
+        return None, "CUPY_TF32 is set, which makes float32 products inexact; unset it"
     try:
         import cupy  # type: ignore[import-not-found]
     except ImportError:
