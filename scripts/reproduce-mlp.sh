@@ -27,6 +27,6 @@ for row in mlp2_fashion mlp1_mnist; do  # the longer row first, so both workers 
     for seed in $(seq 42 51); do echo "$row $protocol $seed"; done
   done
 done | xargs -P 2 -L 1 bash -c 'run_one "$@"' _
-echo "wall time: $(( $(date +%s) - start )) s on $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p'))" \
+echo "wall time: $(( $(date +%s) - start )) s on $(nproc --all) cores ($(lscpu | sed -n 's/^Model name: *//p'))" \
   | tee -a "$OUT/logs/wall_time.txt"
 "$NITRO" report "runs=[$OUT/mlp1_mnist,$OUT/mlp2_fashion]" "out=$OUT"
