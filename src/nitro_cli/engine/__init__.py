@@ -1,6 +1,7 @@
 """The integer engine: array backends, host RNG streams and exact integer kernels."""
 
 from .backend import BACKENDS, BackendUnavailable, array_module, get_backend, to_host
+from .host import keep_freed_memory
 from .kernels import (
     GemmPlan,
     IntegerOverflowError,
@@ -37,6 +38,7 @@ __all__ = [
     "conv2d_weight_grad_nhwc",
     "gemm_path",
     "gemm_plan",
+    "keep_freed_memory",
     "get_backend",
     "isqrt",
     "matmul",
@@ -46,3 +48,5 @@ __all__ = [
     "to_host",
     "trunc_div",
 ]
+
+keep_freed_memory()

@@ -1,0 +1,28 @@
+"""Host memory behaviour that the engine's speed depends on."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20) -> bool:
+    """Let glibc keep freed blocks for reuse instead of returning each large temporary to the OS.
+
+    A training step allocates the same arrays of a few hundred KB to a few hundred MB every batch; by
+    default glibc serves each from a fresh mmap and unmaps it on free, so every step page-faults its
+    memory in again (measured: an MLP1 step twice as slow). Returns whether the setting took effect.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): keep the default behaviour
+        return False
