@@ -279,3 +279,14 @@ def test_tf32_is_refused_because_it_breaks_exactness(monkeypatch):
     with pytest.raises(BackendUnavailable, match="CUPY_TF32"):
         get_backend("cupy")
     assert get_backend("auto") is np
+
+
+def test_trunc_div_float_path_is_exact_next_to_quotients_and_at_its_bound():
+    s = 327_680  # lr_inv * amp of a block layer
+    q = np.array([0, 1, 7, 2**20, 2**33, (2**53 - 1) // s], dtype=np.int64)
+    a = np.concatenate([q * s - 1, q * s, q * s + 1, -(q * s - 1), -(q * s + 1), [2**53 - 1, -(2**53 - 1)]])
+    a = a[np.abs(a) < 2**53]
+    assert kernels.max_abs(a) < 2**53  # the float64 path
+    assert trunc_div(a, s).tolist() == [ref_trunc_div(int(v), s) for v in a]
+    beyond = np.array([2**53 + 1, -(2**53) - 3, 2**62 + 12345], dtype=np.int64)  # the integer path
+    assert trunc_div(beyond, s).tolist() == [ref_trunc_div(int(v), s) for v in beyond]

@@ -62,6 +62,11 @@ def trunc_div(a: Any, b: Any) -> Any:
             # Power of two: add b - 1 to negatives, then shift (arithmetic, so it floors): rounds toward zero.
             shift = b.bit_length() - 1
             return (a + ((a >> (a.dtype.itemsize * 8 - 1)) & (b - 1))) >> shift
+        if abs(b) < FLOAT64_EXACT and (a.dtype.itemsize <= 4 or max_abs(a) < FLOAT64_EXACT):
+            # Exact in float64 (see the module docstring), and vectorized where integer division is not.
+            q = a.astype(np.float64) / b
+            xp.trunc(q, out=q)
+            return q.astype(a.dtype)
     else:
         _require_integer(b, "trunc_div denominator")
         if bool((b == 0).any()):
