@@ -88,6 +88,11 @@ def test_trunc_div_is_exact_on_narrow_types_at_their_extremes(dtype):
         assert trunc_div(a_ok, b).tolist() == [ref_trunc_div(int(v), b) for v in a_ok], (dtype, b)
 
 
+def test_trunc_div_takes_scalars_and_0d_arrays():
+    assert int(trunc_div(np.int64(-7), 2)) == -3 and int(trunc_div(np.int64(-7), 3)) == -2
+    assert int(trunc_div(np.array(-(2**60)), 3)) == ref_trunc_div(-(2**60), 3)
+
+
 def test_trunc_div_refuses_floats():
     with pytest.raises(TypeError, match="integer"):
         trunc_div(np.array([1.5]), 2)

@@ -64,7 +64,8 @@ def trunc_div(a: Any, b: Any) -> Any:
             return (a + ((a >> (a.dtype.itemsize * 8 - 1)) & (b - 1))) >> shift
         if abs(b) < FLOAT64_EXACT and (a.dtype.itemsize <= 4 or max_abs(a) < FLOAT64_EXACT):
             # Exact in float64 (see the module docstring), and vectorized where integer division is not.
-            q = a.astype(np.float64) / b
+            q = a.astype(np.float64)  # an array even for 0-d input, so the in-place steps work
+            q /= b
             xp.trunc(q, out=q)
             return q.astype(a.dtype)
     else:
