@@ -14,6 +14,7 @@ away from any integer it is not equal to, so the rounding can never carry it acr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,8 +98,6 @@ def checked_cast(x: Any, dtype: Any, what: str) -> Any:
 
 def isqrt(n: int) -> int:
     """Integer square root (floor)."""
-    import math
-
     return math.isqrt(int(n))
 
 

@@ -98,9 +98,9 @@ class LocalBlock:
         self.head = IntegerLinear(f"{name}_head", head_dim, num_classes, rng, xp)
         self.head.role, self.head.amp_factor = "head", 1
 
-    def forward(self, x: Any, mask: Any = None) -> Any:
-        out = nitro_relu(self.layer.forward_scaled(x), self.slope)
-        return out if mask is None else dropout(out, mask, self.dropout_r)
+    def forward(self, x: Any) -> Any:
+        """Evaluation forward pass (dropout is the identity there)."""
+        return nitro_relu(self.layer.forward_scaled(x), self.slope)
 
     def head_input(self, out: Any) -> tuple[Any, Any]:
         """Pool (conv blocks) and flatten the block output; also returns the pool's argmax indices."""
