@@ -40,7 +40,7 @@ class LayerInputError(NitroError, ValueError):
 
 def check_input(x: Any, name: str, ndim: int, features: tuple[int, ...]) -> None:
     """Refuse non-integer arrays and shapes that do not match the layer, naming the layer."""
-    if not np.issubdtype(x.dtype, np.integer):
+    if x.dtype.kind not in "iu":
         raise LayerInputError(f"{name}: expected an integer array, got dtype {x.dtype}")
     if x.ndim != ndim or tuple(x.shape[1:]) != features:
         expected = "[N, " + ", ".join(map(str, features)) + "]"
@@ -109,7 +109,7 @@ class IntegerConv2d:
         self.bias = xp.zeros(out_channels, dtype=np.int32) if bias else None
 
     def _check(self, x: Any) -> None:
-        if not np.issubdtype(x.dtype, np.integer) or x.ndim != 4 or x.shape[3] != self.in_channels:
+        if x.dtype.kind not in "iu" or x.ndim != 4 or x.shape[3] != self.in_channels:
             raise LayerInputError(
                 f"{self.name}: expected an integer array [N, H, W, {self.in_channels}] (channels last), "
                 f"got dtype {x.dtype} shape {list(x.shape)}"

@@ -191,7 +191,7 @@ class NitroNet:
 
     def _check(self, x: Any) -> Any:
         """Refuse bad images; move them to the device, channels last when the network convolves."""
-        if not np.issubdtype(x.dtype, np.integer):
+        if x.dtype.kind not in "iu":
             raise LayerInputError(f"network input must be an integer array, got dtype {x.dtype}")
         if x.ndim != 4 or tuple(x.shape[1:]) != self.in_shape:
             raise LayerInputError(f"network expects images [N, {', '.join(map(str, self.in_shape))}], "
