@@ -41,6 +41,10 @@ class Checkpoint:
     state: dict[str, Any]
     path: Path | None = None
 
+    def section(self, prefix: str, strip: bool = False) -> dict[str, np.ndarray]:
+        """The arrays under `prefix` (e.g. "param/" for a model's state_dict, "norm/" for the normalizer)."""
+        return {(k[len(prefix):] if strip else k): v for k, v in self.arrays.items() if k.startswith(prefix)}
+
 
 def _digest(key: str, a: np.ndarray) -> str:
     h = hashlib.sha256()

@@ -49,7 +49,7 @@ def model_from_checkpoint(ckpt: Checkpoint, xp: Any = np) -> NitroNet:
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, MemoryError):
         raise NitroError(f"{ckpt.path}: its model description is missing or malformed") from None
     try:
-        model.load_state_dict({k: v for k, v in ckpt.arrays.items() if k.startswith("param/")})
+        model.load_state_dict(ckpt.section("param/"))
     except NitroError as exc:
         raise NitroError(f"{ckpt.path}: {exc}") from None
     return model
@@ -69,8 +69,7 @@ def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None,
         trainer = validate_train_config(state["config"])["trainer"]
         name = data["name"] if data else state["config"]["data"]["name"]
         epoch = int(state.get("epoch", 0))
-        normalizer = Normalizer.from_state_dict({k[5:]: v for k, v in ckpt.arrays.items()
-                                                 if k.startswith("norm/")})
+        normalizer = Normalizer.from_state_dict(ckpt.section("norm/", strip=True))
     except (KeyError, TypeError, ValueError, AttributeError, NitroError) as exc:
         raise NitroError(f"{path}: its run record is incomplete or malformed ({exc}); it was not written by "
                          "`nitro train`") from None

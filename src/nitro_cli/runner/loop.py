@@ -455,9 +455,8 @@ def _restore(run: _Run, ckpt: Checkpoint, model: NitroNet, opt: IntegerSGD, plat
     """Load every piece of run state from `ckpt`; returns the mid-epoch position (if any) and its order."""
     s = ckpt.state
     try:
-        model.load_state_dict({k: v for k, v in ckpt.arrays.items() if k.startswith("param/")})
-        stored = Normalizer.from_state_dict({k[5:]: v for k, v in ckpt.arrays.items()
-                                             if k.startswith("norm/")})
+        model.load_state_dict(ckpt.section("param/"))
+        stored = Normalizer.from_state_dict(ckpt.section("norm/", strip=True))
         if not (np.array_equal(stored.mean, data.normalizer.mean)
                 and np.array_equal(stored.mad, data.normalizer.mad)):
             raise NitroError(f"the dataset {run.cfg['data']['name']} differs from the one {ckpt.path} was "
