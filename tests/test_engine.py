@@ -16,8 +16,10 @@ from nitro_cli.engine import (
     get_backend,
     kernels,
     matmul,
+    matmul_exact,
     matmul_scaled,
     saturate,
+    sgd_update,
     trunc_div,
 )
 
@@ -86,6 +88,17 @@ def test_trunc_div_is_exact_on_narrow_types_at_their_extremes(dtype):
     for b in (1, 2, 3, 4, 7, 64, 100, 127, -1, -3, -4):
         a_ok = a[a != info.min] if b == -1 else a  # -min does not fit the type: nothing can return it
         assert trunc_div(a_ok, b).tolist() == [ref_trunc_div(int(v), b) for v in a_ok], (dtype, b)
+
+
+def test_trunc_div_by_a_divisor_wider_than_the_numerator():
+    a = np.array([-(2**31), -5, 0, 7, 2**31 - 1], dtype=np.int32)
+    for b in (2**31, 2**53 + 1, -(2**40) - 3):
+        assert trunc_div(a, b).dtype == np.int32
+        assert trunc_div(a, b).tolist() == [ref_trunc_div(int(v), b) for v in a]
+    big = np.array([2**62 + 5, -(2**62) - 5], dtype=np.int64)
+    assert trunc_div(big, 2**62 + 1).tolist() == [1, -1]
+    with pytest.raises(IntegerOverflowError, match="does not fit int64"):
+        trunc_div(big, 2**63 + 1)
 
 
 def test_trunc_div_takes_scalars_and_0d_arrays():
@@ -295,3 +308,49 @@ def test_trunc_div_float_path_is_exact_next_to_quotients_and_at_its_bound():
     assert trunc_div(a, s).tolist() == [ref_trunc_div(int(v), s) for v in a]
     beyond = np.array([2**53 + 1, -(2**53) - 3, 2**62 + 12345], dtype=np.int64)  # the integer path
     assert trunc_div(beyond, s).tolist() == [ref_trunc_div(int(v), s) for v in beyond]
+
+
+def ref_sgd_update(w: np.ndarray, g: np.ndarray, divisor: int, decay_inv: int | None) -> list:
+    return [[wi - ref_trunc_div(gi, divisor) - (ref_trunc_div(wi, decay_inv) if decay_inv else 0)
+             for wi, gi in zip(wr, gr, strict=True)] for wr, gr in zip(w.tolist(), g.tolist(), strict=True)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([2**10, 2**35, 2**53 - 1, 2**62]),
+       st.sampled_from([1, 2, 3, 512 * 640, 512 * 640 * 24 * 3, 2**40, 2**53 + 1]),
+       st.sampled_from([None, 1, 7, 30000, 2**53 + 1]))
+def test_sgd_update_matches_reference_on_every_path(seed, gmax, divisor, decay_inv):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-(2**31), 2**31, size=(5, 7), dtype=np.int64).astype(np.int32)
+    w.flat[:2] = [-(2**31), 2**31 - 1]
+    g = rng.integers(-gmax, gmax + 1, size=w.shape, dtype=np.int64)
+    g.flat[-2:] = [gmax, -gmax]
+    expected = ref_sgd_update(w, g, divisor, decay_inv)
+    if all(-(2**31) <= v < 2**31 for row in expected for v in row):
+        out = sgd_update(w, g, divisor, decay_inv, "layer x")
+        assert out.dtype == np.int32 and out.tolist() == expected
+    else:
+        with pytest.raises(IntegerOverflowError, match="layer x"):
+            sgd_update(w, g, divisor, decay_inv, "layer x")
+
+
+def test_sgd_update_takes_exact_float_products_without_a_cast():
+    rng = np.random.default_rng(3)
+    a = rng.integers(-(2**20), 2**20, size=(64, 30))
+    b = rng.integers(-(2**10), 2**10, size=(30, 9))
+    product = matmul_exact(a, b)
+    assert product.dtype == np.float64  # 30 * 2^30 needs float64, not int64
+    w = rng.integers(-(2**20), 2**20, size=(64, 9)).astype(np.int32)
+    out = sgd_update(w, product, 3 * 512, 25000, "layer y")
+    assert out.tolist() == ref_sgd_update(w, ref_matmul(a, b), 3 * 512, 25000)
+    # divisor 1 leaves the float path (an intermediate could reach 2^53): still exact through int64
+    assert sgd_update(w, product // 2**20, 1, None, "z").tolist() == \
+        ref_sgd_update(w, (ref_matmul(a, b) // 2**20), 1, None)
+
+
+def test_sgd_update_refuses_non_integer_weights_and_bad_divisors():
+    w = np.zeros((2, 2), dtype=np.int32)
+    with pytest.raises(TypeError, match="weight"):
+        sgd_update(w.astype(np.float64), np.zeros((2, 2), dtype=np.int64), 2, None, "w")
+    with pytest.raises(ValueError, match="positive"):
+        sgd_update(w, np.zeros((2, 2), dtype=np.int64), 0, None, "w")

@@ -15,9 +15,11 @@ from .kernels import (
     gemm_plan,
     isqrt,
     matmul,
+    matmul_exact,
     matmul_scaled,
     max_abs,
     saturate,
+    sgd_update,
     trunc_div,
 )
 from .rng import STREAMS, RngStreams
@@ -42,9 +44,11 @@ __all__ = [
     "get_backend",
     "isqrt",
     "matmul",
+    "matmul_exact",
     "matmul_scaled",
     "max_abs",
     "saturate",
+    "sgd_update",
     "to_host",
     "trunc_div",
 ]

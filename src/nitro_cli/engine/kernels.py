@@ -76,6 +76,11 @@ def trunc_div(a: Any, b: Any) -> Any:
             q /= b
             xp.trunc(q, out=q)
             return q.astype(a.dtype)
+        if not np.iinfo(a.dtype).min <= b <= np.iinfo(a.dtype).max:
+            if not -INT64_LIMIT < b < INT64_LIMIT:
+                raise IntegerOverflowError(f"trunc_div: divisor {b} does not fit int64")
+            wide = a.astype(np.int64)  # the quotient fits a's type; the divisor needs a wider one
+            return ((wide - xp.fmod(wide, b)) // b).astype(a.dtype)
     else:
         _require_integer(b, "trunc_div denominator")
         if bool((b == 0).any()):
@@ -101,6 +106,39 @@ def checked_cast(x: Any, dtype: Any, what: str) -> Any:
             f"[{info.min}, {info.max}]"
         )
     return x.astype(dtype, copy=False)
+
+
+def sgd_update(weight: Any, grad: Any, divisor: int, decay_inv: int | None, what: str) -> Any:
+    """weight - trunc(grad / divisor) - trunc(weight / decay_inv) as int32, raising where it would wrap.
+
+    One float64 pass when that is exact: with |weight| < 2^31, |grad| < 2^53 and 2 <= divisor < 2^53, every
+    intermediate is an integer below 2^53 (each operation then rounds to itself) and both divisions truncate
+    exactly (module docstring). Otherwise the same formula in int64.
+    """
+    xp = array_module(weight)
+    _require_integer(weight, f"{what}: weight")
+    exact_float = grad.dtype.kind == "f"  # from matmul_exact: exact integers below 2^53
+    if not exact_float:
+        _require_integer(grad, f"{what}: gradient")
+    if divisor < 1 or (decay_inv is not None and decay_inv < 1):
+        raise ValueError(f"{what}: divisors must be positive, got {divisor} and {decay_inv}")
+    if (weight.dtype.itemsize <= 4 and 2 <= divisor < FLOAT64_EXACT
+            and (decay_inv is None or decay_inv < FLOAT64_EXACT)
+            and (exact_float or max_abs(grad) < FLOAT64_EXACT)):
+        update = grad.astype(np.float64)
+        update /= divisor
+        xp.trunc(update, out=update)
+        new = weight.astype(np.float64)
+        if decay_inv is not None:
+            decay = new / decay_inv
+            xp.trunc(decay, out=decay)
+            update += decay
+        new -= update
+        return checked_cast(new, np.int32, what)
+    update = trunc_div(grad.astype(np.int64) if exact_float else grad, divisor)
+    if decay_inv is not None:
+        update = update + trunc_div(weight, decay_inv)
+    return checked_cast(weight.astype(np.int64) - update, np.int32, what)
 
 
 def isqrt(n: int) -> int:
@@ -180,10 +218,16 @@ def _check_matmul(a: Any, b: Any) -> None:
         raise ValueError(f"matmul needs [m, k] @ [k, n], got {tuple(a.shape)} @ {tuple(b.shape)}")
 
 
+def matmul_exact(a: Any, b: Any) -> Any:
+    """Exact integer matrix product `a @ b`, left in the accumulator of its plan: float32 or float64 arrays
+    then hold exact integers (below 2^24 or 2^53), ready for an exact division without a cast to int64."""
+    _check_matmul(a, b)
+    return _gemm(a, b, gemm_plan(a.shape[1], operand_bound(a), operand_bound(b)))
+
+
 def matmul(a: Any, b: Any) -> Any:
     """Exact integer matrix product `a @ b` as int64 (2-D operands)."""
-    _check_matmul(a, b)
-    return _gemm(a, b, gemm_plan(a.shape[1], operand_bound(a), operand_bound(b))).astype(np.int64, copy=False)
+    return matmul_exact(a, b).astype(np.int64, copy=False)
 
 
 def matmul_scaled(a: Any, b: Any, divisor: int, lo: int = -127, hi: int = 127) -> Any:

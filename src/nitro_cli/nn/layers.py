@@ -18,6 +18,7 @@ from ..engine import (
     conv2d_weight_grad_nhwc,
     isqrt,
     matmul,
+    matmul_exact,
     matmul_scaled,
     max_abs,
     saturate,
@@ -81,8 +82,9 @@ class IntegerLinear:
         return matmul_scaled(x, self.weight.T, SCALE_PER_FAN_IN * self.fan_in)
 
     def weight_grad(self, x: Any, delta: Any) -> Any:
-        """delta.T @ x: the gradient of the weight for the error `delta` [N, out]."""
-        return matmul(delta.T, x)
+        """delta.T @ x: the gradient of the weight for the error `delta` [N, out], as exact integers in an
+        int64 or float array (see matmul_exact)."""
+        return matmul_exact(delta.T, x)
 
     def input_error(self, delta: Any) -> Any:
         """delta @ W: the error sent back to the layer's input."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import checked_cast, trunc_div
+from ..engine import sgd_update
 
 
 def _positive_or_none(value: int | None, name: str) -> int | None:
@@ -40,12 +40,9 @@ class IntegerSGD:
 
     def step(self, layer: Any, grad: Any, num_classes: int) -> None:
         """Apply one update to `layer.weight` (int32); raises instead of wrapping if it would overflow."""
-        update = trunc_div(grad, self.lr_inv * self.layer_amp(layer, num_classes))
         decay_inv = self.fwd_decay_inv if layer.role == "block" else self.subnet_decay_inv
-        if decay_inv is not None:
-            update = update + trunc_div(layer.weight, decay_inv)
-        layer.weight = checked_cast(layer.weight.astype(np.int64) - update, np.int32,
-                                    f"weight update of layer {layer.name}")
+        layer.weight = sgd_update(layer.weight, grad, self.lr_inv * self.layer_amp(layer, num_classes),
+                                  decay_inv, f"weight update of layer {layer.name}")
 
     def state_dict(self) -> dict[str, int | None]:
         return {"lr_inv": self.lr_inv, "fwd_decay_inv": self.fwd_decay_inv,
