@@ -184,6 +184,8 @@ def test_write_report_files(runs_root: Path, tmp_path: Path) -> None:
     assert "| custom | default | bbbb2222 | 1-3 | 3 | 85.00 ± 4.08 | 85.00 ± 2.16 [4.32] | - | - |" in md
     assert "± is the population σ" in md and "9,984 test images" in md and "all 10,000 test images" in md
     assert "Failed or unfinished runs (3)" in md and "missing summary" in md and "layer fc1 would wrap" in md
+    assert "| Epoch | paper/mlp1_mnist [paper] aaaa1111 | custom [default] bbbb2222 |" in md
+    assert "| 3 | 75.00 ± 5.00 (n=2) |" in md  # two of the three seeds reached epoch 3
 
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert [r["experiment"] for r in rows] == ["paper/mlp1_mnist", "custom"]

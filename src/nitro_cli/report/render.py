@@ -107,6 +107,7 @@ def write_markdown(path: Path, groups: list[Group], failed: list[Run], warnings:
         notes = [f"- {line.strip()}" for line in lines if line.startswith("  ")]
         first, last = lines[:2], lines[-1]
         out += [first[0] + "  ", first[1], "", *notes, "", last]
+        out += ["", *per_epoch_lines(groups)]
     else:
         out.append("No completed runs to average.")
     out.append("")
@@ -123,6 +124,32 @@ def write_markdown(path: Path, groups: list[Group], failed: list[Run], warnings:
     if warnings:
         out += ["", "## Warnings", ""] + [f"- {_md_escape(w)}" for w in warnings]
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def per_epoch_lines(groups: list[Group]) -> list[str]:
+    """The numbers behind accuracy_per_epoch.png as a markdown table: test accuracy % per epoch, mean ± σ
+    over the group's seeds, with the number of runs where fewer than all of them reached that epoch."""
+    curves = []
+    for g in groups:
+        epochs, mean, std, count = g.per_epoch()
+        curves.append({int(e): (m, s, int(c)) for e, m, s, c in zip(epochs, mean, std, count, strict=True)})
+    all_epochs = sorted(set().union(*curves))
+    if not all_epochs:
+        return []
+    out = ["## Test accuracy per epoch (%)", "",
+           "| Epoch | " + " | ".join(_md_escape(f"{g.experiment} [{g.trainer}] {g.group}") for g in groups) + " |",
+           "|---:|" + "---:|" * len(groups)]
+    for epoch in all_epochs:
+        cells = []
+        for g, curve in zip(groups, curves, strict=True):
+            if epoch not in curve:
+                cells.append("")
+                continue
+            m, s, c = curve[epoch]
+            cell = pct(m) + (f" ± {pct(s)}" if g.n > 1 else "")
+            cells.append(cell + (f" (n={c})" if c < g.n else ""))
+        out.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return out
 
 
 CSV_COLUMNS = [
