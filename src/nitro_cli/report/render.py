@@ -136,8 +136,8 @@ def per_epoch_lines(groups: list[Group]) -> list[str]:
     all_epochs = sorted(set().union(*curves))
     if not all_epochs:
         return []
-    out = ["## Test accuracy per epoch (%)", "",
-           "| Epoch | " + " | ".join(_md_escape(f"{g.experiment} [{g.trainer}] {g.group}") for g in groups) + " |",
+    names = [_md_escape(f"{g.experiment} [{g.trainer}] {g.group}") for g in groups]
+    out = ["## Test accuracy per epoch (%)", "", "| Epoch | " + " | ".join(names) + " |",
            "|---:|" + "---:|" * len(groups)]
     for epoch in all_epochs:
         cells = []
