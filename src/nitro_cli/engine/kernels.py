@@ -29,6 +29,8 @@ INT64_LIMIT = 2**63
 IM2COL_CHUNK_ELEMENTS = 2**24
 # Below this many inner-dimension terms per float32 slice, slicing costs more than float64 saves.
 MIN_FLOAT32_SLICE = 256
+# sgd_update works through NumPy arrays in chunks of this many elements (float64 temporaries of 512 KiB).
+SGD_CHUNK_ELEMENTS = 2**16
 
 
 class IntegerOverflowError(ArithmeticError):
@@ -111,11 +113,10 @@ def checked_cast(x: Any, dtype: Any, what: str) -> Any:
 def sgd_update(weight: Any, grad: Any, divisor: int, decay_inv: int | None, what: str) -> Any:
     """weight - trunc(grad / divisor) - trunc(weight / decay_inv) as int32, raising where it would wrap.
 
-    One float64 pass when that is exact: with |weight| < 2^31, |grad| < 2^53 and 2 <= divisor < 2^53, every
+    In float64 when that is exact: with |weight| < 2^31, |grad| < 2^53 and 2 <= divisor < 2^53, every
     intermediate is an integer below 2^53 (each operation then rounds to itself) and both divisions truncate
     exactly (module docstring). Otherwise the same formula in int64.
     """
-    xp = array_module(weight)
     _require_integer(weight, f"{what}: weight")
     exact_float = grad.dtype.kind == "f"  # from matmul_exact: exact integers below 2^53
     if not exact_float:
@@ -125,20 +126,37 @@ def sgd_update(weight: Any, grad: Any, divisor: int, decay_inv: int | None, what
     if (weight.dtype.itemsize <= 4 and 2 <= divisor < FLOAT64_EXACT
             and (decay_inv is None or decay_inv < FLOAT64_EXACT)
             and (exact_float or max_abs(grad) < FLOAT64_EXACT)):
-        update = grad.astype(np.float64)
-        update /= divisor
-        xp.trunc(update, out=update)
-        new = weight.astype(np.float64)
-        if decay_inv is not None:
-            decay = new / decay_inv
-            xp.trunc(decay, out=decay)
-            update += decay
-        new -= update
-        return checked_cast(new, np.int32, what)
+        return _sgd_update_float64(weight, grad, divisor, decay_inv, what)
     update = trunc_div(grad.astype(np.int64) if exact_float else grad, divisor)
     if decay_inv is not None:
         update = update + trunc_div(weight, decay_inv)
     return checked_cast(weight.astype(np.int64) - update, np.int32, what)
+
+
+def _sgd_update_float64(weight: Any, grad: Any, divisor: int, decay_inv: int | None, what: str) -> Any:
+    """The float64 path of sgd_update, chunk by chunk on NumPy: its five passes then run on temporaries that
+    stay in cache instead of streaming whole float64 copies of large layers through memory. The decay term is
+    skipped while max|weight| < decay_inv makes it zero."""
+    xp = array_module(weight)
+    w, g = weight.reshape(-1), grad.reshape(-1)
+    chunk = SGD_CHUNK_ELEMENTS if xp is np else max(w.size, 1)
+    decay = decay_inv is not None and max_abs(weight) >= decay_inv
+    new = xp.empty(w.shape, dtype=np.int32)
+    step = xp.empty(min(chunk, w.size), dtype=np.float64)
+    shrink = xp.empty_like(step) if decay else None
+    for start in range(0, w.size, chunk):
+        stop = min(start + chunk, w.size)
+        t = step[: stop - start]
+        xp.true_divide(g[start:stop], divisor, out=t)
+        xp.trunc(t, out=t)
+        if decay:
+            d = shrink[: stop - start]
+            xp.true_divide(w[start:stop], decay_inv, out=d)
+            xp.trunc(d, out=d)
+            t += d
+        xp.subtract(w[start:stop], t, out=t)
+        new[start:stop] = checked_cast(t, np.int32, what)
+    return new.reshape(weight.shape)
 
 
 def isqrt(n: int) -> int:
