@@ -294,7 +294,11 @@ def test_resume_may_extend_the_run_but_not_change_it(tiny_run: Path, nitro, tmp_
                 "cannot change model.hidden")
     clean_error(nitro("train", f"resume={last}", "model=mlp2", f"hydra.run.dir={tmp_path / 'b'}"),
                 "cannot change model")
-    res = nitro("train", f"resume={last}", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'c'}")
+    clean_error(nitro("train", f"resume={last}", "trainer=paper", f"hydra.run.dir={tmp_path / 'd'}"),
+                "cannot change trainer")
+    # naming the run's own trainer group again is no change, even with a longer run
+    res = nitro("train", f"resume={last}", "trainer=default", "trainer.max_epochs=3",
+                f"hydra.run.dir={tmp_path / 'c'}")
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "c/summary.json").read_text())
     assert summary["epochs_run"] == 3 and summary["status"] == "completed"

@@ -131,6 +131,35 @@ def test_disk_full_on_the_second_checkpoint_keeps_the_first(tmp_path: Path,
     assert summary["status"] == "failed" and "No space left" in summary["error"]
 
 
+def test_summary_of_a_resumed_run_keeps_its_epochs_while_it_trains(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed run killed outright (SIGKILL) in its next epoch must not leave a summary of 0 epochs."""
+    first = fit(composed(*TINY_CFG, "trainer.max_epochs=1"), tmp_path / "run")
+    real, seen = loop_module._train_epoch, []
+
+    def watching(*args: Any, **kwargs: Any) -> bool:
+        seen.append(json.loads((tmp_path / "run/summary.json").read_text()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "_train_epoch", watching)
+    ckpt = load_checkpoint(tmp_path / "run/checkpoints/last.npz")
+    fit(composed(*TINY_CFG), tmp_path / "run", resume=ckpt)
+    assert seen[0]["status"] == "running" and seen[0]["epochs_run"] == 1
+    assert seen[0]["best_test_accuracy"] == first["best_test_accuracy"] and seen[0]["best_epoch"] == 1
+
+
+def test_resuming_a_run_that_stopped_early_trains_nothing(tmp_path: Path) -> None:
+    early = ("trainer.max_epochs=5", "optimizer.early_stop.patience=1", "optimizer.early_stop.start_epoch=1",
+             "optimizer.early_stop.min_delta=1.0")  # a gain of 100 points never comes: stops after epoch 2
+    first = fit(composed(*TINY_CFG, *early), tmp_path / "run")
+    assert first["status"] == "completed" and first["epochs_run"] == 2
+    metrics = (tmp_path / "run/metrics.csv").read_text()
+    again = fit(composed(*TINY_CFG, *early), tmp_path / "run",
+                resume=load_checkpoint(tmp_path / "run/checkpoints/last.npz"))
+    assert again["epochs_run"] == 2 and again["best_test_accuracy"] == first["best_test_accuracy"]
+    assert (tmp_path / "run/metrics.csv").read_text() == metrics
+
+
 def test_widths_that_do_not_fit_the_data_are_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(NitroError, match="pools a"):
         fit(composed("model=vgg8b", "model.features=[8,M,M,M,M,M,M]", *TINY_CFG), tmp_path / "run")

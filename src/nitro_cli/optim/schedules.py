@@ -75,3 +75,7 @@ class EarlyStopping(_Watcher):
     def step(self, epoch: int, accuracy: float) -> bool:
         self._observe(accuracy)
         return self._due(epoch)
+
+    def stopped_after(self, epoch: int) -> bool:
+        """Whether a run whose state this is stopped early after `epoch`: resuming it trains nothing."""
+        return self._due(epoch)

@@ -97,6 +97,16 @@ def _assign(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = value
 
 
+def _fixed_part(cfg: Mapping[str, Any], key: str) -> Any:
+    """The value at `key` less the sub-keys a resume may change (`trainer=paper` re-selects the run's own
+    trainer even when trainer.max_epochs is extended)."""
+    value = json.loads(json.dumps(_select(cfg, key)))
+    for k in RESUME_MAY_CHANGE:
+        if isinstance(value, dict) and k.startswith(key + "."):
+            _assign(value, k[len(key) + 1 :], None)
+    return value
+
+
 def resume_config(ckpt: Checkpoint, current: Mapping[str, Any], explicit: list[str]) -> dict[str, Any]:
     """The config a resumed run continues with: the checkpoint's, plus the few keys that may change.
 
@@ -112,7 +122,7 @@ def resume_config(ckpt: Checkpoint, current: Mapping[str, Any], explicit: list[s
     for key in explicit:
         if any(key == k or key.startswith(k + ".") for k in RESUME_MAY_CHANGE):
             _assign(cfg, key, json.loads(json.dumps(_select(current, key))))
-        elif _select(current, key) != _select(saved, key):
+        elif _fixed_part(current, key) != _fixed_part(saved, key):
             raise NitroError(f"cannot change {key} when resuming (the checkpoint has "
                              f"{_select(saved, key)!r}, you asked for {_select(current, key)!r}); resuming "
                              "continues the same run. Drop that override, or start a new run without resume=")
@@ -239,7 +249,6 @@ def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | Non
     with _run_logger(run_dir, cfg["trainer"]["progress"]) as log:
         run = _Run(cfg, run_dir, log)
         try:
-            run.write_summary()
             return _fit(run, resume)
         except TrainingInterrupted:
             run.status, run.error = "failed", "interrupted; resume from checkpoints/last.npz"
@@ -301,6 +310,7 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
         position, perm = _restore(run, resume, model, opt, plateau, early, rngs, data, header)
     else:
         atomic_write_text(run.run_dir / "metrics.csv", _csv_text([header]))
+    run.write_summary()  # after the restore: a run killed in its next epoch keeps the epochs it had
     y_train = one_hot(data.train_y, data.num_classes)
     bs = t["batch_size"]
     n_train = len(data.train_y)
@@ -308,11 +318,15 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
     log.info(f"run dir {run.run_dir}: {cfg['model']['preset']} ({model.num_parameters:,} parameters) on "
              f"{d['name']} [{n_train} train, {0 if data.val_y is None else len(data.val_y)} val, "
              f"{len(data.test_y)} test], trainer={t['name']}, seed={cfg['seed']}, engine={xp.__name__}")
-    if run.epoch >= t["max_epochs"] and position is None:
+    last_epoch = t["max_epochs"]
+    if position is None and early is not None and run.epoch and early.stopped_after(run.epoch):
+        log.info(f"the checkpoint's run stopped early after epoch {run.epoch}; nothing to train")
+        last_epoch = run.epoch
+    elif run.epoch >= t["max_epochs"] and position is None:
         log.info(f"the checkpoint already finished {run.epoch} of {t['max_epochs']} epochs; nothing to train")
     stop = _StopRequest(log)
     with stop.installed(), make_display(t["progress"], log) as display:
-        for epoch in range(run.epoch + 1, t["max_epochs"] + 1):
+        for epoch in range(run.epoch + 1, last_epoch + 1):
             if position is None:
                 perm = rngs.shuffle.permutation(n_train)
                 acc_state = {"loss_sum": 0.0, "correct": 0, "n": 0, "seconds": 0.0, "next_batch": 0}
