@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench reproduce-mlp reproduce-vgg clean
+.PHONY: install run test lint bench reproduce-mlp reproduce-mlp-large reproduce-vgg clean
 
 install: $(STAMP)
 
@@ -29,6 +29,11 @@ bench: install
 # The paper's MLP1/MLP2 rows, 10 seeds, both protocols (about 45 minutes on 2 cores); needs NITRO_DATA.
 reproduce-mlp: install
 	scripts/reproduce-mlp.sh results/mlp
+
+# The paper's MLP3 rows (3 seeds each) and MLP4 row (1 seed); hours on 2 cores, rerunnable across sessions;
+# needs NITRO_DATA with MNIST, FashionMNIST and CIFAR-10.
+reproduce-mlp-large: install
+	scripts/reproduce-mlp-large.sh results/mlp-large
 
 # The paper's VGG8B MNIST/FashionMNIST rows, seed 42, first EPOCHS epochs (about an hour per epoch on 2 cores).
 EPOCHS ?= 2

@@ -32,6 +32,18 @@ def nitro_env() -> dict[str, str]:
     return env
 
 
+def real_data_root(*rel: str) -> Path:
+    """$NITRO_DATA when it holds the given files (raw or .gz), else skip the test with the reason."""
+    env = os.environ.get("NITRO_DATA")
+    if not env:
+        pytest.skip("NITRO_DATA is not set (export NITRO_DATA=/work/shared/datasets)")
+    root = Path(env)
+    for r in rel:
+        if not ((root / r).is_file() or (root / (r + ".gz")).is_file()):
+            pytest.skip(f"{root / r} is absent")
+    return root
+
+
 @pytest.fixture
 def nitro(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """`nitro(*args, timeout=...)` runs the real command in tmp_path and returns the finished process."""

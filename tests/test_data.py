@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import real_data_root
 from nitro_cli.data import (
     DATASETS,
     Normalizer,
@@ -34,18 +35,6 @@ from nitro_cli.errors import NitroError
 REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def _real_root(*rel: str) -> Path:
-    """$NITRO_DATA when it holds the given files (raw or .gz), else skip the test with the reason."""
-    env = os.environ.get("NITRO_DATA")
-    if not env:
-        pytest.skip("NITRO_DATA is not set (export NITRO_DATA=/work/shared/datasets)")
-    root = Path(env)
-    for r in rel:
-        if not ((root / r).is_file() or (root / (r + ".gz")).is_file()):
-            pytest.skip(f"{root / r} is absent")
-    return root
 
 
 def _idx_bytes(arr: np.ndarray) -> bytes:
@@ -189,7 +178,7 @@ def test_registry_facts():
 
 
 def test_real_mnist():
-    root = _real_root("MNIST/raw/train-images-idx3-ubyte")
+    root = real_data_root("MNIST/raw/train-images-idx3-ubyte")
     d = load_dataset("mnist", str(root))
     assert d.train_x.shape == (60000, 1, 28, 28) and d.train_x.dtype == np.uint8
     assert d.test_x.shape == (10000, 1, 28, 28) and d.test_y.dtype == np.uint8
@@ -200,7 +189,7 @@ def test_real_mnist():
 
 
 def test_real_fashion_mnist():
-    root = _real_root("FashionMNIST/raw/train-images-idx3-ubyte")
+    root = real_data_root("FashionMNIST/raw/train-images-idx3-ubyte")
     d = load_dataset("fashion_mnist", str(root))
     assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
     assert np.bincount(d.train_y).tolist() == [6000] * 10
@@ -209,7 +198,7 @@ def test_real_fashion_mnist():
 
 
 def test_real_cifar10():
-    root = _real_root(*(f"cifar-10-batches-bin/{b}.bin" for b in
+    root = real_data_root(*(f"cifar-10-batches-bin/{b}.bin" for b in
                         ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                          "test_batch"]))
     d = load_dataset("cifar10", str(root))
@@ -512,7 +501,7 @@ def test_normalizer_state_and_checks():
 
 
 def test_normalizer_real_mnist_stats():
-    root = _real_root("MNIST/raw/train-images-idx3-ubyte")
+    root = real_data_root("MNIST/raw/train-images-idx3-ubyte")
     x = load_dataset("mnist", str(root)).train_x
     norm = fit_normalizer(x)
     sub = x[:25000, 0].astype(np.int64) - 128
@@ -653,7 +642,7 @@ def test_embedded_checksum_matches_readme():
 
 
 def test_embedded_rebuild_is_byte_identical():
-    root = _real_root("MNIST/raw/train-images-idx3-ubyte")
+    root = real_data_root("MNIST/raw/train-images-idx3-ubyte")
     script = REPO / "scripts" / "make_embedded_mnist.py"
     spec = importlib.util.spec_from_file_location("make_embedded_mnist", script)
     mod = importlib.util.module_from_spec(spec)
