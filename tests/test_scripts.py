@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,14 @@ def test_run_paper_rows_trains_extends_and_keeps_finished_runs(tmp_path: Path) -
                          input="mlp1_mnist paper 42\nnope_row paper 42\n", capture_output=True, text=True,
                          env=env, timeout=300)
     assert bad.returncode != 0 and "FAILED: nope_row paper seed 42" in bad.stderr
+
+
+def test_head_error_tables_every_block_of_a_checkpoint(tiny_run: Path) -> None:
+    ckpt = tiny_run / "checkpoints/last.npz"
+    res = subprocess.run([sys.executable, str(SCRIPTS / "head_error.py"), str(ckpt), "--images", "32"],
+                         capture_output=True, text=True, env=nitro_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    header, *rows = res.stdout.splitlines()
+    assert "shared part" in header and [r.split()[0] for r in rows] == ["block1"]
+    shared = float(rows[0].split()[3].rstrip("%"))
+    assert 0 <= shared <= 100
