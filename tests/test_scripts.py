@@ -26,7 +26,7 @@ def test_run_paper_rows_trains_extends_and_keeps_finished_runs(tmp_path: Path) -
         res = subprocess.run([str(SCRIPTS / "run-paper-rows.sh"), str(tmp_path / "out"), str(epochs)],
                              input="mlp1_mnist paper 42\n", capture_output=True, text=True, env=env,
                              timeout=300)
-        log = tmp_path / "out/logs/mlp1_mnist-paper.log"
+        log = tmp_path / "out/logs/mlp1_mnist-paper-42.log"
         assert res.returncode == 0, res.stdout + res.stderr + log.read_text()
         assert json.loads((run / "summary.json").read_text())["status"] == "completed"
         with open(run / "metrics.csv") as f:
@@ -43,6 +43,7 @@ def test_run_paper_rows_trains_extends_and_keeps_finished_runs(tmp_path: Path) -
                          input="mlp1_mnist paper 42\nnope_row paper 42\n", capture_output=True, text=True,
                          env=env, timeout=300)
     assert bad.returncode != 0 and "FAILED: nope_row paper seed 42" in bad.stderr
+    assert f"see {tmp_path}/out/logs/nope_row-paper-42.log" in bad.stderr
 
 
 def test_head_error_tables_every_block_of_a_checkpoint(tiny_run: Path) -> None:
