@@ -1,5 +1,6 @@
 """The exact kernels against plain int64 / Python-int references, on random and extreme inputs."""
 
+import os
 from unittest import mock
 
 import numpy as np
@@ -337,9 +338,11 @@ def test_sgd_update_matches_reference_on_every_path(seed, gmax, divisor, decay_i
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 5, 64]), st.sampled_from([None, 300, 1000, 2**20]))
-def test_sgd_update_in_chunks_matches_reference(seed, chunk, decay_inv):
-    """Chunk boundaries (a partial last one), decay skipped or not by max|W|, float32 and transposed grads."""
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 5, 64]), st.sampled_from([None, 300, 1000, 2**20]),
+       st.sampled_from([1, 2, 3]))
+def test_sgd_update_in_chunks_matches_reference(seed, chunk, decay_inv, threads):
+    """Chunk boundaries (a partial last one), threads splitting the chunks unevenly, decay skipped or not by
+    max|W|, float32 and transposed grads."""
     rng = np.random.default_rng(seed)
     w = rng.integers(-999, 1000, size=(6, 3, 3, 3)).astype(np.int32)  # conv-shaped, 162 elements
     if decay_inv:
@@ -347,16 +350,29 @@ def test_sgd_update_in_chunks_matches_reference(seed, chunk, decay_inv):
         w.flat[0] = -decay_inv  # max|W| == decay_inv: the decay term is -1 there, not 0
     g32 = rng.integers(-(2**23), 2**23, size=(27, 6)).astype(np.float32).T.reshape(w.shape)  # not contiguous
     expected = ref_sgd_update(w.reshape(6, -1), g32.reshape(6, -1).astype(np.int64), 512 * 640, decay_inv)
-    with mock.patch.object(kernels, "SGD_CHUNK_ELEMENTS", chunk):
+    with mock.patch.object(kernels, "SGD_CHUNK_ELEMENTS", chunk), \
+            mock.patch.object(kernels, "cpu_threads", lambda: threads):
         out = sgd_update(w, g32, 512 * 640, decay_inv, "conv")
         assert out.shape == w.shape and out.dtype == np.int32
         assert out.reshape(6, -1).tolist() == expected
         big = w.copy()
-        big.flat[-1] = 2**31 - 1  # only the last chunk overflows
+        big.flat[-1] = 2**31 - 1  # only the last chunk (of the last thread) overflows
         grad = np.zeros(w.shape)
         grad.flat[-1] = -(512 * 640)
         with pytest.raises(IntegerOverflowError, match="conv"):
             sgd_update(big, grad, 512 * 640, None, "conv")
+
+
+def test_cpu_threads_follows_the_blas_thread_count(monkeypatch):
+    from nitro_cli.engine.host import cpu_threads
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert cpu_threads() == 3
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "0")  # not a thread count: the next variable decides
+    assert cpu_threads() == 5
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    assert cpu_threads() == len(os.sched_getaffinity(0))
 
 
 def test_sgd_update_takes_exact_float_products_without_a_cast():

@@ -188,3 +188,14 @@ def test_blas_threads_chosen_before_numpy_reach_the_jobs(monkeypatch, load: floa
     cli._single_blas_thread_when_busy(args)
     assert env.get("OPENBLAS_NUM_THREADS") == threads
     assert env.get(cli.AUTO_THREADS_MARK) == ("1" if threads else None)
+
+
+def test_blas_threads_sleep_between_products_unless_the_user_says(monkeypatch) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    monkeypatch.setattr(os, "environ", env)
+    monkeypatch.delitem(sys.modules, "numpy")  # as in a fresh `nitro` process (restored afterwards)
+    cli._short_blas_spin()
+    assert env["OPENBLAS_THREAD_TIMEOUT"] == "4"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "20"
+    cli._short_blas_spin()
+    assert env["OPENBLAS_THREAD_TIMEOUT"] == "20"

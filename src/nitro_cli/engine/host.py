@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 
 # glibc mallopt parameters
@@ -26,3 +27,13 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 512
             libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
     except (OSError, AttributeError):  # not glibc (e.g. musl): keep the default behaviour
         return False
+
+
+def cpu_threads() -> int:
+    """Threads the engine's own NumPy loops may use: as many as OpenBLAS was given (nitro gives it one on a
+    busy machine, sweeps and users set their own), else every CPU this process may run on."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

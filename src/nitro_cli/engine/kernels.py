@@ -15,12 +15,15 @@ away from any integer it is not equal to, so the rounding can never carry it acr
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .backend import array_module
+from .host import cpu_threads
 
 FLOAT32_EXACT = 2**24
 FLOAT64_EXACT = 2**53
@@ -135,28 +138,50 @@ def sgd_update(weight: Any, grad: Any, divisor: int, decay_inv: int | None, what
 
 def _sgd_update_float64(weight: Any, grad: Any, divisor: int, decay_inv: int | None, what: str) -> Any:
     """The float64 path of sgd_update, chunk by chunk on NumPy: its five passes then run on temporaries that
-    stay in cache instead of streaming whole float64 copies of large layers through memory. The decay term is
-    skipped while max|weight| < decay_inv makes it zero."""
+    stay in cache instead of streaming whole float64 copies of large layers through memory. NumPy runs each
+    pass on one core, so large layers are split between `cpu_threads()` threads (the passes release the GIL;
+    every element is computed alone, so the split cannot change a result). The decay term is skipped while
+    max|weight| < decay_inv makes it zero."""
     xp = array_module(weight)
     w, g = weight.reshape(-1), grad.reshape(-1)
-    chunk = SGD_CHUNK_ELEMENTS if xp is np else max(w.size, 1)
     decay = decay_inv is not None and max_abs(weight) >= decay_inv
     new = xp.empty(w.shape, dtype=np.int32)
-    step = xp.empty(min(chunk, w.size), dtype=np.float64)
-    shrink = xp.empty_like(step) if decay else None
-    for start in range(0, w.size, chunk):
-        stop = min(start + chunk, w.size)
-        t = step[: stop - start]
-        xp.true_divide(g[start:stop], divisor, out=t)
-        xp.trunc(t, out=t)
-        if decay:
-            d = shrink[: stop - start]
-            xp.true_divide(w[start:stop], decay_inv, out=d)
-            xp.trunc(d, out=d)
-            t += d
-        xp.subtract(w[start:stop], t, out=t)
-        new[start:stop] = checked_cast(t, np.int32, what)
+
+    def update(begin: int, end: int) -> None:
+        chunk = SGD_CHUNK_ELEMENTS if xp is np else max(end - begin, 1)
+        step = xp.empty(min(chunk, end - begin), dtype=np.float64)
+        shrink = xp.empty_like(step) if decay else None
+        for start in range(begin, end, chunk):
+            stop = min(start + chunk, end)
+            t = step[: stop - start]
+            xp.true_divide(g[start:stop], divisor, out=t)
+            xp.trunc(t, out=t)
+            if decay:
+                d = shrink[: stop - start]
+                xp.true_divide(w[start:stop], decay_inv, out=d)
+                xp.trunc(d, out=d)
+                t += d
+            xp.subtract(w[start:stop], t, out=t)
+            new[start:stop] = checked_cast(t, np.int32, what)
+
+    workers = min(cpu_threads(), w.size // SGD_CHUNK_ELEMENTS) if xp is np else 1
+    if workers <= 1:
+        update(0, w.size)
+    else:
+        bounds = [w.size * i // workers for i in range(workers + 1)]
+        list(_thread_pool(workers).map(update, bounds[:-1], bounds[1:]))  # re-raises a worker's error
     return new.reshape(weight.shape)
+
+
+_THREAD_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """One pool per process and size: a forked sweep job must not wait on its parent's threads."""
+    key = (os.getpid(), workers)
+    if key not in _THREAD_POOLS:
+        _THREAD_POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="nitro-sgd")
+    return _THREAD_POOLS[key]
 
 
 def isqrt(n: int) -> int:
