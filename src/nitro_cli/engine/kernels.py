@@ -164,7 +164,8 @@ def _sgd_update_float64(weight: Any, grad: Any, divisor: int, decay_inv: int | N
             xp.subtract(w[start:stop], t, out=t)
             new[start:stop] = checked_cast(t, np.int32, what)
 
-    workers = min(cpu_threads(), w.size // SGD_CHUNK_ELEMENTS) if xp is np else 1
+    chunks = w.size // SGD_CHUNK_ELEMENTS if xp is np else 1
+    workers = min(cpu_threads(), chunks) if chunks > 1 else 1  # small layers: no env lookup per step
     if workers <= 1:
         update(0, w.size)
     else:
