@@ -70,6 +70,19 @@ def test_cupy_epoch_is_bit_identical_to_numpy_and_checkpoints_cross_over(nitro, 
 
 @pytest.mark.gpu
 @needs_gpu
+def test_cupy_conv_epoch_is_bit_identical_to_numpy(nitro, tmp_path: Path) -> None:
+    """The convolution, pooling and local-head kernels of a small VGG, which the MLP test never reaches."""
+    conv = ["model=vgg8b", "model.features=[16,M,32,M]", "model.hidden=[64]", *EPOCH]
+    cpu = _train(nitro, tmp_path / "cpu", *conv, "engine=numpy")
+    gpu = _train(nitro, tmp_path / "gpu", *conv, "engine=cupy")
+    _assert_same_params(tmp_path / "cpu/checkpoints/last.npz", tmp_path / "gpu/checkpoints/last.npz")
+    assert cpu["test_accuracy"] == gpu["test_accuracy"]
+    assert (tmp_path / "cpu/metrics.csv").read_text().splitlines()[1].split(",")[:-1] == \
+        (tmp_path / "gpu/metrics.csv").read_text().splitlines()[1].split(",")[:-1]  # all but seconds
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_eval_on_the_gpu_reproduces_a_cpu_run(nitro, tmp_path: Path) -> None:
     cpu = _train(nitro, tmp_path / "cpu", "trainer.max_epochs=1", "model.hidden=[32]", "engine=numpy")
     res = nitro("eval", f"ckpt={tmp_path / 'cpu/checkpoints/last.npz'}", "engine=cupy",
