@@ -16,7 +16,7 @@ import numpy as np
 
 from nitro_cli.data import Normalizer, load_dataset, one_hot
 from nitro_cli.nn.layers import nitro_relu
-from nitro_cli.nn.model import LocalBlock, output_error
+from nitro_cli.nn.model import LocalBlock
 from nitro_cli.runner import load_checkpoint
 from nitro_cli.runner.evaluate import model_from_checkpoint
 
@@ -39,9 +39,9 @@ def main() -> None:
         if not isinstance(stage, LocalBlock):
             h = stage.forward(h)
             continue
-        pre = stage.layer.forward_scaled(h)
+        pre = model.arith.forward_scaled(stage.layer, h)
         h = nitro_relu(pre, stage.slope)
-        delta = output_error(stage.head_forward(h), y).astype(np.int64)
+        delta = model.arith.loss_error(stage.head_forward(h), y).astype(np.int64)
         w = stage.head.weight.astype(np.int64)  # [classes, features]
         shared = np.broadcast_to(w.mean(axis=0), w.shape)
         print(f"{stage.name:8} {np.abs(stage.layer.weight).mean():8.1f} {np.abs(w).mean():13.1f} "

@@ -9,8 +9,11 @@ from hypothesis.extra import numpy as hnp
 from nitro_cli.engine import IntegerOverflowError
 from nitro_cli.errors import NitroError
 from nitro_cli.nn import (
+    EXACT,
     MODEL_PRESETS,
     RELU_MEAN_CORRECTION,
+    Arithmetic,
+    Dropout,
     IntegerConv2d,
     IntegerLinear,
     LayerInputError,
@@ -25,7 +28,6 @@ from nitro_cli.nn import (
     maxpool2d_backward,
     nitro_relu,
     nitro_relu_backward,
-    output_error,
     scaling,
 )
 from nitro_cli.optim import EarlyStopping, IntegerSGD, PlateauSchedule
@@ -187,10 +189,11 @@ def test_dropout_scale_constants():
         dropout_scale(1.0)
 
 
-def test_output_error_is_computed_wide():
+def test_loss_error_is_computed_wide_unless_int8_is_asked_for():
     y_hat = np.array([[-127, 127]], dtype=np.int8)
     y = np.array([[32, 0]], dtype=np.int8)
-    assert output_error(y_hat, y).tolist() == [[-159, 127]]  # int8 arithmetic would give +97
+    assert EXACT.loss_error(y_hat, y).tolist() == [[-159, 127]]
+    assert Arithmetic(int8_loss_error=True).loss_error(y_hat, y).tolist() == [[97, 127]]
 
 
 def test_head_pool_geometry_follows_the_spec_examples():
@@ -211,12 +214,14 @@ def test_integer_sgd_update_matches_reference():
     layer.role, layer.amp_factor = "block", 7
     w0 = layer.weight.copy()
     grad = rng.integers(-(2**35), 2**35, size=w0.shape)
-    opt = IntegerSGD(lr_inv=512, fwd_decay_inv=3, subnet_decay_inv=5)
-    opt.step(layer, grad, num_classes=10)
-    amp = 64 * 10 * 7
-    expected = [[w - (tdiv(g, 512 * amp) + tdiv(w, 3)) for w, g in zip(wr, gr, strict=True)]
-                for wr, gr in zip(w0.tolist(), grad.tolist(), strict=True)]
-    assert layer.weight.dtype == np.int32 and layer.weight.tolist() == expected
+    # The conv-block multiplier (amp_factor 7 here) applies only when opted in.
+    for multiplier, amp in ((False, 64 * 10), (True, 64 * 10 * 7)):
+        layer.weight = w0.copy()
+        opt = IntegerSGD(lr_inv=512, fwd_decay_inv=3, subnet_decay_inv=5, conv_amp_multiplier=multiplier)
+        opt.step(layer, grad, num_classes=10)
+        expected = [[w - (tdiv(g, 512 * amp) + tdiv(w, 3)) for w, g in zip(wr, gr, strict=True)]
+                    for wr, gr in zip(w0.tolist(), grad.tolist(), strict=True)]
+        assert layer.weight.dtype == np.int32 and layer.weight.tolist() == expected
     head = IntegerLinear("block1_head", 6, 3, rng)
     head.role, head.amp_factor = "head", 1
     h0 = head.weight.copy()
@@ -277,9 +282,24 @@ def test_presets_build_with_the_papers_shapes(preset):
     assert model.output.out_features == 10
 
 
-def test_vgg_dropout_sits_on_the_last_conv_block_and_the_classifier():
+def _stage_names(model):
+    return [getattr(s, "name", type(s).__name__) + (f"({s.p})" if isinstance(s, Dropout) else "")
+            for s in model.stages]
+
+
+def test_vgg_dropout_sits_between_blocks_as_spec_section_3_places_it():
+    # Classifier dropout only: once before the last pool, and after the linear block.
     model = build_model("vgg8b", (1, 28, 28), 10, dropout=0.1, seed_rng=np.random.default_rng(0))
-    assert [b.dropout_p for b in model.blocks] == [0, 0, 0, 0, 0, 0.1, 0.1]
+    assert _stage_names(model) == ["block1", "block2", "FeaturePool", "block3", "block4", "FeaturePool",
+                                   "block5", "FeaturePool", "block6", "after_block6(0.1)", "FeaturePool",
+                                   "Flatten", "block7", "after_block7(0.1)"]
+    # Feature-extractor dropout: after every conv block (before a following pool), none extra.
+    model = build_model("vgg8b", (1, 28, 28), 10, dropout=0.1, fe_dropout=0.2, features=[8, 8, "M"],
+                        seed_rng=np.random.default_rng(0))
+    assert _stage_names(model) == ["block1", "after_block1(0.2)", "block2", "after_block2(0.2)",
+                                   "FeaturePool", "Flatten", "block3", "after_block3(0.1)"]
+    with pytest.raises(NitroError, match="fe_dropout"):
+        build_model("mlp1", (1, 28, 28), 10, fe_dropout=0.1, seed_rng=np.random.default_rng(0))
 
 
 def test_state_dict_round_trip_and_mismatch():
@@ -368,19 +388,22 @@ def test_a_whole_training_step_matches_an_independent_reference(p):
     mask1 = nchw(dropout_mask((4, 6, 6, 4), p, mask_rng)) if p else np.ones((4, 4, 6, 6), np.int8)
     mask2 = dropout_mask((4, 5), p, mask_rng) if p else np.ones((4, 5), np.int8)
     yo = y.astype(object)
+    # Each head learns from its block's output before dropout; the next stage receives the dropped-out one.
     pre1 = _ref_scale(ref_conv2d(x, w["block1"]), 18)
-    out1 = _ref_dropout(_ref_relu(pre1), mask1, r)
-    g_head1, err1 = _ref_local(out1, yo, w["block1_head"], conv.pool)
-    g_conv = ref_conv2d_weight_grad(x, _ref_relu_back(pre1, _ref_dropout(err1, mask1, r)))
-    h = nhwc(ref_maxpool(out1.astype(np.int64), PoolGeometry(2, 2))[0]).reshape(4, -1).astype(object)
+    act1 = _ref_relu(pre1)
+    g_head1, err1 = _ref_local(act1, yo, w["block1_head"], conv.pool)
+    g_conv = ref_conv2d_weight_grad(x, _ref_relu_back(pre1, err1))
+    dropped1 = _ref_dropout(act1, mask1, r)
+    h = nhwc(ref_maxpool(dropped1.astype(np.int64), PoolGeometry(2, 2))[0]).reshape(4, -1).astype(object)
     pre2 = _ref_scale(h @ w["block2"].T, 36)
-    out2 = _ref_dropout(_ref_relu(pre2), mask2, r)
-    g_head2, err2 = _ref_local(out2, yo, w["block2_head"], None)
-    g_lin = _ref_relu_back(pre2, _ref_dropout(err2, mask2, r)).T @ h
+    act2 = _ref_relu(pre2)
+    g_head2, err2 = _ref_local(act2, yo, w["block2_head"], None)
+    g_lin = _ref_relu_back(pre2, err2).T @ h
+    out2 = _ref_dropout(act2, mask2, r)
     y_hat = _ref_scale(out2 @ w["output"].T, 5)
     g_out = (y_hat - yo).T @ out2
-    expected = {
-        "block1": _ref_update(w["block1"], g_conv, 2, 64 * 3 * 2, 7),
+    expected = {  # amp 64 * classes for conv and linear blocks alike (no conv multiplier by default)
+        "block1": _ref_update(w["block1"], g_conv, 2, 64 * 3, 7),
         "block1_head": _ref_update(w["block1_head"], g_head1, 2, 1, 5),
         "block2": _ref_update(w["block2"], g_lin, 2, 64 * 3, 7),
         "block2_head": _ref_update(w["block2_head"], g_head2, 2, 1, 5),

@@ -1,5 +1,6 @@
 """NITRO-D layers, integer local-loss blocks with their learning heads, and model builders."""
 
+from .arithmetic import EXACT, Arithmetic, wrap_int8, wrap_int32
 from .builders import MODEL_PRESETS, POOL, build_from_config, build_model
 from .layers import (
     RELU_MEAN_CORRECTION,
@@ -18,9 +19,15 @@ from .layers import (
     nitro_relu_backward,
     scaling,
 )
-from .model import EvalResult, LocalBlock, NitroNet, StepResult, head_pool_geometry, output_error
+from .model import Dropout, EvalResult, LocalBlock, MaskSource, NitroNet, StepResult, head_pool_geometry
 
 __all__ = [
+    "EXACT",
+    "Arithmetic",
+    "Dropout",
+    "MaskSource",
+    "wrap_int8",
+    "wrap_int32",
     "MODEL_PRESETS",
     "POOL",
     "RELU_MEAN_CORRECTION",
@@ -44,6 +51,5 @@ __all__ = [
     "maxpool2d_gather",
     "nitro_relu",
     "nitro_relu_backward",
-    "output_error",
     "scaling",
 ]

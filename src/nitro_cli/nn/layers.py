@@ -178,11 +178,12 @@ class PoolGeometry:
         return (h + 2 * self.ph - self.kh) // self.kh + 1, (w + 2 * self.pw - self.kw) // self.kw + 1
 
 
-def maxpool2d(x: Any, geom: PoolGeometry) -> tuple[Any, Any]:
+def maxpool2d(x: Any, geom: PoolGeometry, pad_value: int | None = None) -> tuple[Any, Any]:
     """Max over non-overlapping windows of channels-last x [N, H, W, C].
 
-    Returns the output and, per window, the position (i * kw + j) of its first maximum. Rows and columns
-    that do not fill a whole window are dropped (floor mode), as in PyTorch.
+    Returns the output and, per window, the position (i * kw + j) of its first maximum, padding cells
+    included in the row-major order. Rows and columns that do not fill a whole window are dropped (floor
+    mode), as in PyTorch. Padding never wins unless `pad_value` is given (the reference's 0, spec section 6).
     """
     xp = array_module(x)
     dtype = x.dtype
@@ -191,11 +192,11 @@ def maxpool2d(x: Any, geom: PoolGeometry) -> tuple[Any, Any]:
     if oh < 1 or ow < 1:
         raise LayerInputError(f"max-pool {geom} does not fit a {h}x{w} feature map")
     if geom.ph or geom.pw:
-        # Pad in a wider type with its minimum, a value the data cannot hold, so padding never wins
-        # (the reference wrote int32 min into int8 arrays).
-        wide = np.int32 if x.dtype.itemsize <= 2 else np.int64
-        x = xp.pad(x.astype(wide), ((0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw), (0, 0)),
-                   constant_values=np.iinfo(wide).min)
+        if pad_value is None:
+            # Pad in a wider type with its minimum, a value the data cannot hold, so padding never wins.
+            wide = np.int32 if x.dtype.itemsize <= 2 else np.int64
+            x, pad_value = x.astype(wide), np.iinfo(wide).min
+        x = xp.pad(x, ((0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw), (0, 0)), constant_values=pad_value)
     windows = x[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
     offsets = [(i, j) for i in range(geom.kh) for j in range(geom.kw)]
     out = windows[:, :, 0, :, 0].copy()

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..engine import array_module, to_host
+from ..engine import to_host
 from ..errors import NitroError
+from .arithmetic import EXACT, Arithmetic
 from .layers import (
     IntegerConv2d,
     IntegerLinear,
@@ -72,20 +74,19 @@ def head_pool_geometry(channels: int, h: int, w: int, decoder_dim: int = DECODER
     return PoolGeometry(kh, kw, kh * (oh - h // kh) // 2, kw * (ow - w // kw) // 2)
 
 
-def output_error(y_hat: Any, y: Any) -> Any:
-    """y_hat - y in int64: the reference computed this in int8 and flipped signs by wrapping around."""
-    return y_hat.astype(np.int64) - y.astype(np.int64)
-
-
 class LocalBlock:
-    """Linear or conv layer -> Scaling -> NITRO-ReLU (-> Dropout), trained by its own learning head."""
+    """Linear or conv layer -> Scaling -> NITRO-ReLU, trained by its own learning head.
+
+    A Dropout that follows the block is a stage of its own (spec section 3): the head learns from the block's
+    output before the mask, so no error ever passes through dropout.
+    """
 
     def __init__(self, name: str, layer: IntegerLinear | IntegerConv2d, out_shape: tuple[int, ...],
-                 num_classes: int, rng: np.random.Generator, xp: ModuleType, *, dropout_p: float = 0.0,
-                 slope: int = 4, decoder_dim: int = DECODER_DIM) -> None:
+                 num_classes: int, rng: np.random.Generator, xp: ModuleType, *, slope: int = 4,
+                 decoder_dim: int = DECODER_DIM, arith: Arithmetic = EXACT,
+                 updates_per_step: int = 1) -> None:
         self.name, self.layer, self.out_shape, self.slope = name, layer, out_shape, slope
-        self.dropout_p = dropout_p
-        self.dropout_r = dropout_scale(dropout_p) if dropout_p > 0 else 0
+        self.arith, self.updates_per_step = arith, updates_per_step
         layer.role, layer.amp_factor = "block", 1
         self.pool: PoolGeometry | None = None
         head_dim = out_shape[0]
@@ -94,59 +95,81 @@ class LocalBlock:
             self.pool = head_pool_geometry(c, h, w, decoder_dim)
             ph, pw = self.pool.out_size(h, w)
             head_dim = c * ph * pw
-            layer.amp_factor = (h * w) // (self.pool.kh * self.pool.kw)
+            layer.amp_factor = (h * w) // (self.pool.kh * self.pool.kw)  # used only when opted in
         self.head = IntegerLinear(f"{name}_head", head_dim, num_classes, rng, xp)
         self.head.role, self.head.amp_factor = "head", 1
 
     def forward(self, x: Any) -> Any:
-        """Evaluation forward pass (dropout is the identity there)."""
-        return nitro_relu(self.layer.forward_scaled(x), self.slope)
+        return nitro_relu(self.arith.forward_scaled(self.layer, x), self.slope)
 
     def head_input(self, out: Any) -> tuple[Any, Any]:
         """Pool (conv blocks) and flatten the block output; also returns the pool's argmax indices."""
         index = None
         if self.pool is not None:
-            out, index = maxpool2d(out, self.pool)
+            out, index = maxpool2d(out, self.pool, self.arith.head_pool_pad_value)
         return out.reshape(out.shape[0], -1), index
 
     def head_forward(self, out: Any) -> Any:
         flat, _ = self.head_input(out)
-        return self.head.forward_scaled(flat)
+        return self.arith.forward_scaled(self.head, flat)
 
     def train_step(self, x: Any, y: Any, optimizer: Optimizer, num_classes: int,
-                   dropout_rng: np.random.Generator | None) -> tuple[Any, Any]:
-        """Forward, local loss, and updates of the head and the block layer; returns (output, head logits)."""
-        xp = array_module(x)
-        pre = self.layer.forward_scaled(x)
-        act = nitro_relu(pre, self.slope)
-        mask = None
-        if self.dropout_p > 0:
-            mask = xp.asarray(dropout_mask(tuple(act.shape), self.dropout_p, dropout_rng))
-            out = dropout(act, mask, self.dropout_r)
-        else:
-            out = act
+                   trace: dict[str, Any] | None = None) -> tuple[Any, Any]:
+        """Forward, local loss, and updates of the head and the block layer; returns (output, head logits).
+
+        Every update reuses this forward pass's input, pre-activation and output; a second update (reference
+        behaviour) re-runs only the head, with its once-updated weights.
+        """
+        pre = self.arith.forward_scaled(self.layer, x)
+        out = nitro_relu(pre, self.slope)
         flat, index = self.head_input(out)
-        y_local = self.head.forward_scaled(flat)
-        delta = output_error(y_local, y)
-        head_grad = self.head.weight_grad(flat, delta)
-        err = self.head.input_error(delta)  # pre-update head weights
-        optimizer.step(self.head, head_grad, num_classes)
-        if self.pool is not None:
-            # Only each window's first maximum receives error, and the dropout and ReLU backward passes
-            # are elementwise and map 0 to 0: apply them at pooled size, then route (exactly equal).
-            hw = tuple(out.shape[1:3])
-            err = err.reshape(index.shape)
-            if mask is not None:
-                err = dropout(err, maxpool2d_gather(mask, index, self.pool), self.dropout_r)
-            err = nitro_relu_backward(maxpool2d_gather(pre, index, self.pool), err, self.slope)
-            err = maxpool2d_backward(err, index, self.pool, hw)
-        else:
-            err = err.reshape(out.shape)
-            if mask is not None:
-                err = dropout(err, mask, self.dropout_r)
-            err = nitro_relu_backward(pre, err, self.slope)  # Scaling's backward is the identity
-        optimizer.step(self.layer, self.layer.weight_grad(x, err), num_classes)
-        return out, y_local
+        first_logits = None
+        for update in range(self.updates_per_step):
+            y_local = self.arith.forward_scaled(self.head, flat)
+            delta = self.arith.loss_error(y_local, y)
+            head_grad = self.arith.weight_grad(self.head, flat, delta)
+            err = self.arith.input_error(self.head, delta)  # pre-update head weights
+            optimizer.step(self.head, head_grad, num_classes)
+            err_pre = self._error_into_layer(err, pre, index, tuple(out.shape))
+            optimizer.step(self.layer, self.arith.weight_grad(self.layer, x, err_pre), num_classes)
+            if trace is not None:
+                self._trace(trace, "_pass2" if update else "", out, flat, y_local, delta, err, pre, index)
+            first_logits = y_local if first_logits is None else first_logits
+        return out, first_logits
+
+    def _error_into_layer(self, err: Any, pre: Any, index: Any, out_shape: tuple[int, ...]) -> Any:
+        """The head's error back through (pool,) NITRO-ReLU and Scaling (identity) to the layer's output."""
+        if self.pool is None:
+            return nitro_relu_backward(pre, err.reshape(out_shape), self.slope)
+        # Only each window's first maximum receives error, and the ReLU backward is elementwise and maps
+        # 0 to 0: apply it at pooled size, then route (exactly equal). Error routed to a padding cell that
+        # won the max (reference behaviour) is cropped away by the routing.
+        err = err.reshape(index.shape)
+        err = nitro_relu_backward(maxpool2d_gather(pre, index, self.pool), err, self.slope)
+        return maxpool2d_backward(err, index, self.pool, out_shape[1:3])
+
+    def _trace(self, trace: dict[str, Any], suffix: str, out: Any, flat: Any, y_local: Any, delta: Any,
+               err: Any, pre: Any, index: Any) -> None:
+        """Record this update's intermediates (for the oracle tests), at the block output's full size."""
+        err_out = err.reshape(out.shape) if self.pool is None else \
+            maxpool2d_backward(err.reshape(index.shape), index, self.pool, out.shape[1:3])
+        values = {"out": out, "head_in": flat, "y_local": y_local, "head_err": delta, "err_out": err_out,
+                  "err_pre": nitro_relu_backward(pre, err_out, self.slope)}
+        trace.update({f"{self.name}__{k}{suffix}": to_host(v) for k, v in values.items()})
+
+
+class Dropout:
+    """Dropout between stages (spec section 3): what the next stage receives is trunc(x * mask * r / 1000);
+    identity at evaluation. It has no backward pass, as no error crosses a block boundary."""
+
+    def __init__(self, name: str, p: float) -> None:
+        self.name, self.p, self.r = name, p, dropout_scale(p)
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+    def train_forward(self, x: Any, mask: Any) -> Any:
+        return dropout(x, mask, self.r)
 
 
 class FeaturePool:
@@ -164,15 +187,18 @@ class Flatten:
         return x.reshape(x.shape[0], -1)
 
 
-Stage = LocalBlock | FeaturePool | Flatten
+Stage = LocalBlock | Dropout | FeaturePool | Flatten
+# (dropout stage name, activation shape) -> keep mask (1 = kept); replaces the random draw, e.g. to replay
+# recorded masks.
+MaskSource = Callable[[str, tuple[int, ...]], Any]
 
 
 class NitroNet:
     """A stack of integer local-loss blocks with an integer output layer, trained without backpropagation."""
 
     def __init__(self, stages: list[Stage], output: IntegerLinear, in_shape: tuple[int, int, int],
-                 num_classes: int, config: dict, xp: ModuleType) -> None:
-        self.stages, self.output = stages, output
+                 num_classes: int, config: dict, xp: ModuleType, arith: Arithmetic = EXACT) -> None:
+        self.stages, self.output, self.arith = stages, output, arith
         self.output.role, self.output.amp_factor = "output", 1
         self.in_shape, self.num_classes, self.config, self.xp = in_shape, num_classes, config, xp
         self.blocks = [s for s in stages if isinstance(s, LocalBlock)]
@@ -201,21 +227,34 @@ class NitroNet:
         return self.xp.asarray(x)
 
     def train_step(self, x: Any, y_onehot: Any, labels: Any, optimizer: Optimizer,
-                   dropout_rng: np.random.Generator | None = None) -> StepResult:
-        """One NITRO-D step: every block learns from its head; the output layer from the final error."""
+                   dropout_rng: np.random.Generator | None = None, *, masks: MaskSource | None = None,
+                   trace: dict[str, Any] | None = None) -> StepResult:
+        """One NITRO-D step: every block learns from its head; the output layer from the final error.
+
+        Dropout masks are drawn from `dropout_rng` unless `masks` supplies them; `trace`, when given,
+        collects every block's intermediates as host arrays (see LocalBlock._trace).
+        """
         h = self._check(x)
         y = self.xp.asarray(y_onehot)
         labels = np.asarray(labels)
         head_correct = []
         for stage in self.stages:
             if isinstance(stage, LocalBlock):
-                h, y_local = stage.train_step(h, y, optimizer, self.num_classes, dropout_rng)
+                h, y_local = stage.train_step(h, y, optimizer, self.num_classes, trace)
                 head_correct.append(int((to_host(y_local.argmax(axis=1)) == labels).sum()))
+            elif isinstance(stage, Dropout):
+                shape = tuple(h.shape)
+                mask = masks(stage.name, shape) if masks is not None else \
+                    self.xp.asarray(dropout_mask(shape, stage.p, dropout_rng))
+                h = stage.train_forward(h, mask)
             else:
                 h = stage.forward(h)
-        y_hat = self.output.forward_scaled(h)
-        delta = output_error(y_hat, y)
-        optimizer.step(self.output, self.output.weight_grad(h, delta), self.num_classes)
+        y_hat = self.arith.forward_scaled(self.output, h)
+        delta = self.arith.loss_error(y_hat, y)
+        optimizer.step(self.output, self.arith.weight_grad(self.output, h, delta), self.num_classes)
+        if trace is not None:
+            trace.update({"output__y_hat": to_host(y_hat), "output__err": to_host(delta)})
+        delta = delta.astype(np.int64, copy=False)
         loss = float(to_host((delta * delta).sum())) / 2 / len(labels)
         correct = int((to_host(y_hat.argmax(axis=1)) == labels).sum())
         return StepResult(loss, correct, head_correct, len(labels))
@@ -228,7 +267,7 @@ class NitroNet:
             h = stage.forward(h)
             if isinstance(stage, LocalBlock):
                 heads.append(to_host(stage.head_forward(h)))
-        return to_host(self.output.forward_scaled(h)), heads
+        return to_host(self.arith.forward_scaled(self.output, h)), heads
 
     def evaluate(self, x: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> EvalResult:
         """Accuracy of the output and of every head over all of `x` (the last partial batch included)."""

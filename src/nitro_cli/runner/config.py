@@ -116,17 +116,26 @@ TRAIN_SCHEMA: Schema = {
         "hidden": _int_list(),
         "features": _int_list(optional=True, allow_pool=True),
         "dropout": _float(0.0, 1.0, hi_open=True),
+        "fe_dropout": _float(0.0, 1.0, hi_open=True),
     },
     "optimizer": {
         "name": _choice("integer_sgd"),
         "lr_inv": _int(1, 2**31 - 1),
         "amp": _int(1, 2**31 - 1, optional=True),
+        "conv_amp_multiplier": _bool,
         "fwd_decay_inv": _int(1, 2**31 - 1, optional=True),
         "subnet_decay_inv": _int(1, 2**31 - 1, optional=True),
         "plateau": _optional_section({"factor": _int(1, 1 << 16), **_WATCH}),
         "early_stop": _optional_section(dict(_WATCH)),
     },
     "engine": {"backend": _choice("auto", "numpy", "cupy")},
+    "compat": {
+        "name": _str(),
+        "int8_loss_error": _bool,
+        "int32_accumulation": _bool,
+        "head_pool_zero_padding": _bool,
+        "cnn_linear_double_update": _bool,
+    },
     "trainer": {
         "name": _choice("default", "paper"),
         "max_epochs": _int(1, 100_000),
@@ -175,6 +184,9 @@ def validate_train_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if t["monitor"] == "val" and t["val_fraction"] == 0:
         raise NitroError("trainer.monitor=val needs a validation split: set trainer.val_fraction > 0 "
                          "(e.g. 0.1) or trainer.monitor=test")
+    if out["model"]["preset"].startswith("mlp") and out["model"]["fe_dropout"]:
+        raise NitroError(f"model.fe_dropout is for VGG models; {out['model']['preset']} is an MLP (its "
+                         "dropout between blocks is model.dropout)")
     if out["model"]["preset"].startswith("mlp") and out["model"]["features"]:
         raise NitroError(f"model.features is for VGG models; {out['model']['preset']} is an MLP "
                          "(set its widths with model.hidden=[...])")

@@ -28,7 +28,7 @@ import numpy as np
 from ..data import Normalizer, augment_batch, one_hot
 from ..engine import BackendUnavailable, IntegerOverflowError, RngStreams, get_backend
 from ..errors import NitroError
-from ..nn import NitroNet, build_model
+from ..nn import Arithmetic, NitroNet, build_model
 from ..optim import ConstantSchedule, EarlyStopping, IntegerSGD, PlateauSchedule
 from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import experiment_group, validate_train_config
@@ -161,7 +161,7 @@ class _Run:
             "wall_seconds": round(self.wall(), 3),
             "samples_per_s": round(self.samples / self.train_seconds, 1) if self.train_seconds else 0.0,
             "model": self.cfg["model"]["preset"], "data": self.cfg["data"]["name"],
-            "group": experiment_group(self.cfg), "error": self.error,
+            "group": experiment_group(self.cfg), "compat": self.cfg["compat"], "error": self.error,
         }
 
     def write_summary(self) -> Summary:
@@ -191,8 +191,9 @@ def _state_arrays(model: NitroNet, normalizer: Normalizer, perm: np.ndarray | No
 
 def _build(cfg: dict[str, Any], data: Prepared, rngs: RngStreams, xp: Any) -> NitroNet:
     m = cfg["model"]
-    return build_model(m["preset"], data.in_shape, data.num_classes, dropout=m["dropout"], hidden=m["hidden"],
-                       features=m["features"], seed_rng=rngs.init, xp=xp)
+    return build_model(m["preset"], data.in_shape, data.num_classes, dropout=m["dropout"],
+                       fe_dropout=m["fe_dropout"], hidden=m["hidden"], features=m["features"],
+                       seed_rng=rngs.init, xp=xp, arith=Arithmetic.from_config(cfg["compat"]))
 
 
 def _schedules(opt_cfg: dict[str, Any]) -> tuple[Any, EarlyStopping | None]:
@@ -301,7 +302,8 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
     rngs = RngStreams(cfg["seed"])
     data = prepare_data(cfg, rngs)
     model = _build(cfg, data, rngs, xp)
-    opt = IntegerSGD(o["lr_inv"], o["fwd_decay_inv"], o["subnet_decay_inv"], o["amp"])
+    opt = IntegerSGD(o["lr_inv"], o["fwd_decay_inv"], o["subnet_decay_inv"], o["amp"],
+                     o["conv_amp_multiplier"])
     plateau, early = _schedules(o)
     header = _metrics_header(len(model.head_names))
     position: dict[str, Any] | None = None
