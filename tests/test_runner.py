@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 from nitro_cli.cli import user_error_message
+from nitro_cli.data import DATASETS
 from nitro_cli.errors import NitroError
-from nitro_cli.runner import fit, load_checkpoint, validate_train_config
+from nitro_cli.optim import sgd as sgd_module
+from nitro_cli.runner import build_network, build_optimizer, fit, load_checkpoint, validate_train_config
 from nitro_cli.runner import loop as loop_module
 from nitro_cli.runner.config import TRAIN_SCHEMA
 
@@ -50,12 +52,52 @@ def test_every_paper_row_pins_the_spec_table(row: str) -> None:
     assert cfg["model"]["dropout"] == dropout
     o = cfg["optimizer"]
     assert (o["lr_inv"], o["amp"], o["fwd_decay_inv"], o["subnet_decay_inv"]) == (512, None, fwd, sub)
+    assert o["conv_amp_multiplier"] is False and cfg["model"]["fe_dropout"] == 0.0
+    assert cfg["compat"]["name"] == "exact" and not any(v for k, v in cfg["compat"].items() if k != "name")
     assert o["plateau"] == {"factor": 3, "patience": 15, "start_epoch": 10, "min_delta": 0.01}
     assert o["early_stop"] == {"patience": 35, "start_epoch": 30, "min_delta": 0.01}
     t = cfg["trainer"]
     assert t["name"] == "paper" and t["max_epochs"] == 150 and t["batch_size"] == 64
     assert t["val_fraction"] == 0 and t["monitor"] == "test" and t["augment_per_batch"]
     assert t["drop_last"] and t["test_drop_last"]
+
+
+def _divisors_of_one_step(cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """layer name -> the divisor lr_inv * amp its update used, over one real training step of 2 images."""
+    info = DATASETS[cfg["data"]["name"]]
+    model = build_network(cfg, info.shape, info.num_classes, np.random.default_rng(0))
+    seen: dict[str, int] = {}
+
+    def spy(weight: Any, grad: Any, divisor: int, decay_inv: Any, what: str) -> Any:
+        seen[what.rsplit(" ", 1)[-1]] = divisor
+        return real_update(weight, grad, divisor, decay_inv, what)
+
+    real_update = sgd_module.sgd_update
+    monkeypatch.setattr(sgd_module, "sgd_update", spy)
+    x = np.random.default_rng(1).integers(-128, 128, size=(2, *info.shape)).astype(np.int8)
+    labels = np.array([0, 1])
+    model.train_step(x, (np.eye(info.num_classes, dtype=np.int8) * 32)[labels], labels, build_optimizer(cfg),
+                     np.random.default_rng(2))
+    assert set(seen) == {layer.name for layer in model.layers()}
+    return seen
+
+
+@pytest.mark.parametrize("row", sorted(PAPER))
+def test_every_block_layer_of_every_paper_row_trains_with_amp_640(row: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    divisors = _divisors_of_one_step(validate_train_config(composed(f"experiment=paper/{row}")), monkeypatch)
+    for name, divisor in divisors.items():
+        is_block = name.startswith("block") and not name.endswith("_head")
+        assert divisor == (512 * 640 if is_block else 512), name
+
+
+def test_the_conv_amp_multiplier_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = validate_train_config(composed("model=vgg8b", "data=mnist", "model.features=[8,M,8,M]",
+                                         "model.hidden=[16]", "optimizer.conv_amp_multiplier=true"))
+    divisors = _divisors_of_one_step(cfg, monkeypatch)
+    # 28x28 with 8 channels: head pool (2, 1), 784 // 2 = 392; 14x14 -> 8 * 14 * 14 fits, factor 196.
+    assert divisors["block1"] == 512 * 640 * 392 and divisors["block2"] == 512 * 640 * 196
+    assert divisors["block3"] == 512 * 640 and divisors["output"] == 512
 
 
 def test_quickstart_defaults() -> None:

@@ -3,13 +3,23 @@
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .config import experiment_group, validate_eval_config, validate_train_config
 from .evaluate import EvalReport, evaluate_checkpoint, model_from_checkpoint
-from .loop import Summary, TrainingInterrupted, check_run_dir, fit, resume_config
+from .loop import (
+    Summary,
+    TrainingInterrupted,
+    build_network,
+    build_optimizer,
+    check_run_dir,
+    fit,
+    resume_config,
+)
 
 __all__ = [
     "Checkpoint",
     "EvalReport",
     "Summary",
     "TrainingInterrupted",
+    "build_network",
+    "build_optimizer",
     "check_run_dir",
     "evaluate_checkpoint",
     "experiment_group",

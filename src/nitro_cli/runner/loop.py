@@ -189,11 +189,19 @@ def _state_arrays(model: NitroNet, normalizer: Normalizer, perm: np.ndarray | No
     return arrays
 
 
-def _build(cfg: dict[str, Any], data: Prepared, rngs: RngStreams, xp: Any) -> NitroNet:
+def build_network(cfg: Mapping[str, Any], in_shape: tuple[int, int, int], num_classes: int,
+                  init_rng: np.random.Generator, xp: Any = np) -> NitroNet:
+    """The network a validated run config describes, with its compat arithmetic."""
     m = cfg["model"]
-    return build_model(m["preset"], data.in_shape, data.num_classes, dropout=m["dropout"],
-                       fe_dropout=m["fe_dropout"], hidden=m["hidden"], features=m["features"],
-                       seed_rng=rngs.init, xp=xp, arith=Arithmetic.from_config(cfg["compat"]))
+    return build_model(m["preset"], in_shape, num_classes, dropout=m["dropout"], fe_dropout=m["fe_dropout"],
+                       hidden=m["hidden"], features=m["features"], seed_rng=init_rng, xp=xp,
+                       arith=Arithmetic.from_config(cfg["compat"]))
+
+
+def build_optimizer(cfg: Mapping[str, Any]) -> IntegerSGD:
+    o = cfg["optimizer"]
+    return IntegerSGD(o["lr_inv"], o["fwd_decay_inv"], o["subnet_decay_inv"], o["amp"],
+                      o["conv_amp_multiplier"])
 
 
 def _schedules(opt_cfg: dict[str, Any]) -> tuple[Any, EarlyStopping | None]:
@@ -301,9 +309,8 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
     xp = get_backend(cfg["engine"]["backend"])
     rngs = RngStreams(cfg["seed"])
     data = prepare_data(cfg, rngs)
-    model = _build(cfg, data, rngs, xp)
-    opt = IntegerSGD(o["lr_inv"], o["fwd_decay_inv"], o["subnet_decay_inv"], o["amp"],
-                     o["conv_amp_multiplier"])
+    model = build_network(cfg, data.in_shape, data.num_classes, rngs.init, xp)
+    opt = build_optimizer(cfg)
     plateau, early = _schedules(o)
     header = _metrics_header(len(model.head_names))
     position: dict[str, Any] | None = None
