@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench reproduce-mlp reproduce-mlp-large reproduce-vgg clean
+.PHONY: install run test lint bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ reproduce-mlp-large: install
 EPOCHS ?= 2
 reproduce-vgg: install
 	scripts/reproduce-vgg.sh $(EPOCHS) results/vgg
+
+# What each reference behaviour (compat switch) does to a reduced VGG8B on MNIST (minutes); needs NITRO_DATA.
+ablation: install
+	$(BIN)/python scripts/ablation.py --out results/ablation
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

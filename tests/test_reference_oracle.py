@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import reference_fixtures as rf
 
+import reference_fixtures as rf
 from nitro_cli.nn import EXACT, Arithmetic
 
 pytestmark = pytest.mark.skipif(not rf.FIXTURES.is_dir(),
