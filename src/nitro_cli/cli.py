@@ -8,6 +8,7 @@ Set HYDRA_FULL_ERROR=1 to see the full traceback instead.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -152,8 +153,30 @@ def user_error_message(exc: BaseException, command: str) -> str | None:
     return None
 
 
+class _SacctNote(logging.Filter):
+    """submitit asks sacct for its SLURM jobs' states and warns at every poll when sacct fails, as it does on
+    a cluster without accounting storage (sacct prints why). The jobs' result files still tell when each one
+    ends, so the warnings are dropped and the first one becomes a note."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if not self.noted:
+            self.noted = True
+            print("note: sacct cannot report the jobs' states here (no accounting storage?); nitro follows "
+                  "each job through the result file it writes under the sweep's .submitit folder, and squeue "
+                  "shows them. sacct's own one-line reason may repeat at each check",
+                  file=sys.stderr, flush=True)
+        return False
+
+
 def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> int:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    logging.getLogger("submitit").addFilter(_SacctNote())
     # Let Hydra's errors reach us as exceptions (it would otherwise print its own report and exit 1).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = ["nitro" if args[:1] in (["-sc"], ["--shell-completion"]) else f"nitro {command}", *args]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,11 +59,31 @@ def train(cfg: DictConfig) -> dict:
     try:
         return fit(composed, run_dir, resume=ckpt)
     except TrainingInterrupted as exc:
+        if _submitit_job():
+            # scancel, preemption: this job alone stops. Ending as a failed job hands the sweep a result that
+            # names it; an exit would leave none, and where sacct cannot tell (no accounting storage) the
+            # sweep would wait for that job forever.
+            command = _continue_command(exc.checkpoint, run_dir)
+            raise NitroError(f"{exc}; continue it with `{command}`") from None
         print(f"interrupted: stopped {exc.where} and saved {exc.checkpoint}; continue with "
               f"nitro train resume={exc.checkpoint}", file=sys.stderr, flush=True)
         raise SystemExit(128 + exc.signum) from None
     except OSError as exc:  # outputs that are not checkpoints: metrics.csv, summary.json, train.log
         raise NitroError(f"cannot write the run's outputs in {run_dir}: {exc.strerror or exc}") from exc
+
+
+def _submitit_job() -> bool:
+    """Whether this run is a sweep's job that a submitit launcher (SLURM, local) runs in its own process."""
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN and "submitit_launcher" in str(hc.launcher.get("_target_"))
+
+
+def _continue_command(checkpoint: Path, run_dir: Path) -> str:
+    """The sweep's own launcher settings, resuming `checkpoint` into its run folder as a one-job sweep."""
+    hydra = [o for o in HydraConfig.get().overrides.hydra
+             if o.split("=", 1)[0] not in ("hydra.mode", "hydra.sweep.dir", "hydra.sweep.subdir")]
+    args = ["-m", *hydra, f"resume={checkpoint}", f"hydra.sweep.dir={run_dir}", "hydra.sweep.subdir=."]
+    return "nitro train " + " ".join(shlex.quote(a) for a in args)
 
 
 def _prepare(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], Checkpoint | None]:
