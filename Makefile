@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg clean
+.PHONY: install run test lint bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg slurm-up slurm-down clean
 
 install: $(STAMP)
 
@@ -43,6 +43,15 @@ reproduce-vgg: install
 # What each reference behaviour (compat switch) does to a reduced VGG8B on MNIST (minutes); needs NITRO_DATA.
 ablation: install
 	$(BIN)/python scripts/ablation.py --out results/ablation
+
+# A private single-node SLURM cluster under SLURM_DIR (root; installs Debian's packages when missing), e.g.
+# for the slurm tests: make slurm-up && NITRO_SLURM_DIR=/tmp/nitro-slurm make test; make slurm-down.
+SLURM_DIR ?= /tmp/nitro-slurm
+slurm-up:
+	scripts/slurm-up.sh $(SLURM_DIR)
+
+slurm-down:
+	scripts/slurm-down.sh $(SLURM_DIR)
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -33,12 +33,9 @@ stop munged
 
 # Whatever still holds a file under DIR (a daemon, a step daemon, a job) is ours and was not stopped.
 left=()
-for p in /proc/[0-9]*; do
-  for f in "$p"/cwd "$p"/fd/*; do
-    case "$(readlink "$f" 2>/dev/null)" in
-      "$dir"|"$dir"/*) left+=("${p#/proc/} ($(cat "$p/comm" 2>/dev/null))"); break ;;
-    esac
-  done
+for pid in $(find /proc/[0-9]*/cwd /proc/[0-9]*/fd -maxdepth 1 \( -lname "$dir" -o -lname "$dir/*" \) \
+    2>/dev/null | cut -d/ -f3 | sort -un); do
+  left+=("$pid ($(cat "/proc/$pid/comm" 2>/dev/null))")
 done
 if [ "${#left[@]}" -gt 0 ]; then
   echo "error: processes of the cluster in $dir are still running: ${left[*]}; $dir is kept" >&2

@@ -1,0 +1,208 @@
+"""SLURM sweeps on a real single-node cluster (scripts/slurm-up.sh: munge, slurmctld, slurmd): submitted,
+run, cancelled, failed and aggregated end to end through the real `nitro` command.
+
+The cluster is the one named by NITRO_SLURM_DIR (.ci/run starts one), else one this module starts and stops
+itself where it can (root, Debian's SLURM packages installed), else every test skips saying why. Like many
+small clusters it keeps no accounting, so sacct fails and submitit follows the jobs through their result
+files. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import nitro_cmd, nitro_env, params
+
+pytestmark = pytest.mark.slurm
+pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the cluster extra")
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+# The preset with CPU-only settings for scripts/slurm-up.sh's one partition.
+SLURM = ["hydra/launcher=slurm_cluster", "hydra.launcher.partition=nitro", "hydra.launcher.gpus_per_node=0",
+         "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1"]
+JOB = ["model.hidden=[16]", "trainer.max_epochs=1", "engine=numpy"]
+# About a second per epoch, with dropout and augmentation so that every random stream matters on resume.
+SLOW_JOB = ["model.hidden=[16]", "trainer.batch_size=8", "trainer.max_epochs=3", "model.dropout=0.1",
+            "data.augment=true", "engine=numpy"]
+WAIT = 180  # seconds: the bound on any sweep or wait here
+
+
+def _slurm(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "SLURM_CONF": str(conf)})
+
+
+def _why_no_cluster() -> str | None:
+    """Why this machine can neither reach a cluster nor start one, or None."""
+    if os.environ.get("NITRO_SLURM_DIR"):
+        return None
+    if os.geteuid() != 0:
+        return ("starting a SLURM cluster needs root (slurmd runs jobs as their users); or export "
+                "NITRO_SLURM_DIR=DIR after `sudo scripts/slurm-up.sh DIR`")
+    missing = [c for c in ("munged", "slurmctld", "slurmd", "sbatch") if shutil.which(c) is None]
+    if missing:
+        return (f"SLURM is not installed ({', '.join(missing)} missing); `make slurm-up` installs Debian's "
+                "packages (apt-get) and starts a cluster")
+    return None
+
+
+if (_reason := _why_no_cluster()) is not None:
+    pytest.skip(_reason, allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The slurm.conf of a running cluster: NITRO_SLURM_DIR's, or one started (and stopped) here."""
+    given = os.environ.get("NITRO_SLURM_DIR")
+    if given:
+        conf = Path(given) / "slurm.conf"
+        res = _slurm(conf, "sinfo", "-h", "-o", "%t")
+        assert res.returncode == 0 and res.stdout.split() == ["idle"], \
+            f"NITRO_SLURM_DIR={given}: its cluster does not answer: {res.stdout}{res.stderr}"
+        yield conf
+        return
+    folder = tmp_path_factory.mktemp("slurm")
+    up = subprocess.run([str(SCRIPTS / "slurm-up.sh"), str(folder)], capture_output=True, text=True,
+                        timeout=120, stdin=subprocess.DEVNULL)
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield folder / "slurm.conf"
+    down = subprocess.run([str(SCRIPTS / "slurm-down.sh"), str(folder)], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    assert down.returncode == 0 and "no process of it is left" in down.stdout, down.stdout + down.stderr
+    assert not folder.exists()
+
+
+@pytest.fixture
+def nitro(cluster: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`nitro(*args, env=..., timeout=...)`, the real command talking to the cluster (SLURM_CONF)."""
+    monkeypatch.setenv("SLURM_CONF", str(cluster))
+
+    def run(*args: str, timeout: float = WAIT, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*nitro_cmd(), *args], capture_output=True, text=True, cwd=tmp_path,
+                              env={**nitro_env(), **env}, timeout=timeout)
+
+    return run
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _report_rows(nitro, sweep: Path, out: Path) -> list[dict[str, str]]:
+    res = nitro("report", f"runs={sweep}", f"out={out}")
+    assert res.returncode == 0, res.stderr
+    with open(out / "report.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _same_params(a: Path, b: Path) -> None:
+    pa, pb = params(a), params(b)
+    assert pa.keys() == pb.keys() and pa
+    for k in pa:
+        assert (pa[k] == pb[k]).all() and pa[k].dtype == pb[k].dtype, k
+
+
+def assert_interrupted(summary: dict) -> None:
+    """How a stopped-and-resumable run is recorded today (status `failed` with the resume hint as error)."""
+    assert summary["status"] == "failed" and summary["error"].startswith("interrupted"), summary
+
+
+def _quiet_sacct(stderr: str) -> None:
+    """sacct fails at every poll (no accounting storage): one note instead of submitit's warnings."""
+    assert "Bypassing sacct error" not in stderr
+    assert stderr.count("note: sacct cannot report the jobs' states") == 1, stderr
+
+
+def test_seed_sweep_runs_on_slurm_as_with_the_basic_launcher(nitro, tmp_path: Path) -> None:
+    sweep, local = tmp_path / "slurm", tmp_path / "local"
+    res = nitro("train", "-m", *SLURM, "seed=1,2", *JOB, f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr + res.stdout
+    _quiet_sacct(res.stderr)
+    assert len(list(sweep.glob(".submitit/*_[01]/*_result.pkl"))) == 2  # both went through sbatch
+    res = nitro("train", "-m", "seed=1,2", *JOB, f"hydra.sweep.dir={local}")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    for i, seed in enumerate((1, 2)):
+        assert _summary(sweep / str(i))["status"] == "completed" and _summary(sweep / str(i))["seed"] == seed
+        for name in ("last.npz", "best.npz"):
+            _same_params(sweep / str(i) / "checkpoints" / name, local / str(i) / "checkpoints" / name)
+    rows, local_rows = (_report_rows(nitro, d, tmp_path / f"report-{d.name}") for d in (sweep, local))
+    assert len(rows) == 1 and rows[0]["n"] == "2" and rows[0]["seeds"] == "1 2", rows
+    for row in (*rows, *local_rows):
+        del row["mean_wall_seconds"]
+    assert rows == local_rows
+
+
+def _wait_for_epoch(run_dir: Path, proc: subprocess.Popen[str]) -> None:
+    metrics, deadline = run_dir / "metrics.csv", time.monotonic() + WAIT
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{run_dir} did not finish an epoch in {WAIT} s"
+        time.sleep(0.05)
+
+
+def test_a_cancelled_job_is_interrupted_and_continues_through_slurm_bit_identically(
+        nitro, cluster: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([*nitro_cmd(), "train", "-m", *SLURM, "seed=1,2", *SLOW_JOB,
+                             f"hydra.sweep.dir={sweep}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, env=nitro_env())
+    try:
+        _wait_for_epoch(sweep / "1", proc)
+        array = next(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
+        cancel = _slurm(cluster, "scancel", f"{array}_1")
+        assert cancel.returncode == 0, cancel.stderr
+        _, err = proc.communicate(timeout=WAIT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    last = sweep / "1" / "checkpoints" / "last.npz"
+    # The documented way on: the same launcher settings, resuming into the run's own folder.
+    command = (f"nitro train -m {' '.join(SLURM)} resume={last} hydra.sweep.dir={sweep / '1'} "
+               "hydra.sweep.subdir=.")
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("error: job 1 (seed=2 ") and "interrupted by SIGTERM" in message, message
+    assert f"`{command}`" in message and f"nitro report runs={sweep}" in message, message
+    assert _summary(sweep / "0")["status"] == "completed"  # the other job ran to the end
+    stopped = _summary(sweep / "1")
+    assert_interrupted(stopped)
+    assert stopped["epochs_run"] < 3  # stopped mid-training, not after it
+
+    res = nitro("train", *shlex.split(command)[2:])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(list((sweep / "1").glob(".submitit/*/*_result.pkl"))) == 1  # through sbatch again
+    assert _summary(sweep / "1")["status"] == "completed" and _summary(sweep / "1")["epochs_run"] == 3
+    reference = tmp_path / "reference"
+    res = nitro("train", "seed=2", *SLOW_JOB, f"hydra.run.dir={reference}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in ("last.npz", "best.npz"):
+        _same_params(sweep / "1" / "checkpoints" / name, reference / "checkpoints" / name)
+
+
+def test_a_job_without_its_dataset_fails_alone_and_nitro_names_it(nitro, tmp_path: Path) -> None:
+    sweep, empty = tmp_path / "sweep", tmp_path / "no-datasets"
+    empty.mkdir()
+    # The jobs see this node's $NITRO_DATA, which lacks MNIST; the embedded subset needs no files.
+    res = nitro("train", "-m", *SLURM, "data=mnist,mnist_mini", *JOB, f"hydra.sweep.dir={sweep}",
+                NITRO_DATA=str(empty))
+    assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout, res.stderr[-3000:]
+    message = res.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: job 0 (data=mnist ") and "missing file" in message, message
+    assert f"nitro report runs={sweep}" in message
+    failed = _summary(sweep / "0")
+    assert failed["status"] == "failed" and failed["data"] == "mnist" and "missing file" in failed["error"]
+    done = _summary(sweep / "1")
+    assert done["status"] == "completed" and done["data"] == "mnist_mini" and done["epochs_run"] == 1
+    rows = _report_rows(nitro, sweep, tmp_path / "report")
+    assert len(rows) == 1 and rows[0]["data"] == "mnist_mini" and rows[0]["n"] == "1", rows
