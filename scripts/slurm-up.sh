@@ -94,7 +94,7 @@ trap - ERR
 
 cat <<EOF
 SLURM cluster up in $dir: partition nitro, node $host ($node); daemons: $(cut -d' ' -f2 "$dir/pids" | xargs)
-  export SLURM_CONF=$SLURM_CONF      # sbatch, squeue, nitro train -m hydra/launcher=slurm_cluster ...
-  export NITRO_SLURM_DIR=$dir        # the slurm tests use it (make test)
-  stop it with: $here/slurm-down.sh $dir
+  for sbatch, squeue and nitro sweeps:  export SLURM_CONF=$SLURM_CONF
+  for the slurm tests (make test):      export NITRO_SLURM_DIR=$dir
+  to stop it:                           $here/slurm-down.sh $dir
 EOF

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -171,6 +172,25 @@ def test_submitit_errors_without_a_result_end_in_one_line() -> None:
     msg = cli.user_error_message(crash, "train")
     assert msg is not None and "Traceback" not in msg
     assert "MemoryError: out of memory" in msg and "/s/.submitit/7/7_0_log.err" in msg
+
+
+def test_sacct_failures_at_every_poll_become_one_note(monkeypatch, capsys) -> None:
+    """On a cluster without accounting storage submitit warns at every poll (tests/test_slurm.py sees it)."""
+    import submitit  # noqa: F401  # sets up its logger's handlers, as in a sweep
+
+    def sweep() -> None:
+        for call in (1, 2, 3):
+            logging.getLogger("submitit").warning(f"Call #{call} - Bypassing sacct error Command '['sacct', "
+                                                  "'-j', '7']' returned non-zero exit status 1.")
+        logging.getLogger("submitit").warning("Bypassing signal SIGCONT")  # others pass
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    for _ in range(2):  # once per command, not once per process
+        assert cli._run_hydra_app("train", sweep, []) == 0
+        out, err = capsys.readouterr()
+        assert "Bypassing sacct" not in out + err and "Bypassing signal SIGCONT" in err
+        assert err.count("note: sacct cannot report the jobs' states here") == 1, err
 
 
 @pytest.mark.parametrize(("load", "args", "threads"), [

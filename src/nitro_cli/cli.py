@@ -174,9 +174,13 @@ class _SacctNote(logging.Filter):
         return False
 
 
+_SACCT_NOTE = _SacctNote()
+
+
 def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> int:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    logging.getLogger("submitit").addFilter(_SacctNote())
+    _SACCT_NOTE.noted = False  # once per command
+    logging.getLogger("submitit").addFilter(_SACCT_NOTE)
     # Let Hydra's errors reach us as exceptions (it would otherwise print its own report and exit 1).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = ["nitro" if args[:1] in (["-sc"], ["--shell-completion"]) else f"nitro {command}", *args]
