@@ -21,7 +21,7 @@ from nitro_cli.runner import load_checkpoint, save_checkpoint
 
 SUMMARY_KEYS = {"experiment", "trainer", "seed", "status", "epochs_run", "test_accuracy",
                 "best_test_accuracy", "best_epoch", "val_accuracy", "wall_seconds", "samples_per_s", "model",
-                "data", "group", "error"}
+                "data", "group", "compat", "error"}
 # Slow enough to be interrupted mid-epoch (about a second per epoch), with dropout and augmentation so
 # that every random stream matters for a bit-identical resume.
 KILLABLE = ["model.hidden=[32]", "trainer.batch_size=8", "trainer.max_epochs=3", "model.dropout=0.1",
@@ -61,6 +61,7 @@ def test_quickstart_outputs_are_complete_and_accurate(quickstart) -> None:
     cfg = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
     assert summary["status"] == "completed" and summary["error"] is None
     assert summary["experiment"] == "custom" and summary["trainer"] == "default" and summary["seed"] == 42
+    assert summary["compat"] == cfg["compat"] and summary["compat"]["name"] == "exact"
     assert summary["epochs_run"] == cfg["trainer"]["max_epochs"]
     assert summary["test_accuracy"] >= 0.90, summary
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
