@@ -166,8 +166,6 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
     sys.argv = ["nitro" if args[:1] in (["-sc"], ["--shell-completion"]) else f"nitro {command}", *args]
     try:
         main()
-    except BrokenPipeError:
-        raise  # see main()
     except Refused as refused:  # by the app's checks, before Hydra wrote anything
         message = None if full_error else user_error_message(refused.error, command)
         if message is None:
@@ -283,11 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    except BrokenPipeError:
-        # The reader of stdout stopped early (`nitro report | head`); the command's files are written.
-        # Point stdout at /dev/null so that flushing it at exit does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+
 
 
 def console_main() -> None:

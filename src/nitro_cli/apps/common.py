@@ -4,11 +4,12 @@ folder, and turning a task's failure into one `error:` line and the right exit c
 from __future__ import annotations
 
 import importlib
+import os
 import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -34,8 +35,10 @@ Check = Callable[[DictConfig, Path, bool], None]
 
 
 class Refused(BaseException):
-    """A command that its Preflight check refused; `error` says why. A BaseException because Hydra turns an
-    Exception raised by a callback into a warning and goes on to create the folder and run the app."""
+    """A command that its Preflight check refused with an error that is not a NitroError (e.g. Hydra's, for
+    a bad sweep value); `nitro` turns `error` into one line. A BaseException, like the SystemExit raised for
+    a NitroError, because Hydra turns an Exception raised by a callback into a warning and goes on to create
+    the folder and run the app."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(str(error))
@@ -60,6 +63,8 @@ class Preflight(Callback):
             folder = Path(str(config.hydra.run.dir)).absolute()
             self.check(config, folder, True)
             lock_folder(folder)
+        except NitroError as exc:
+            _refuse(str(exc))
         except Exception as exc:
             raise Refused(exc) from exc
 
@@ -77,8 +82,15 @@ class Preflight(Callback):
                     overrides = " ".join(job.hydra.overrides.task)
                     raise NitroError(f"job {num} ({overrides}) of the sweep: {exc}; no job was run") from None
             lock_folder(sweep_dir)
+        except NitroError as exc:
+            _refuse(str(exc))
         except Exception as exc:
             raise Refused(exc) from exc
+
+
+def _refuse(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
 
 
 def sweep_jobs(config: DictConfig) -> list[tuple[DictConfig, Path]]:
@@ -150,13 +162,19 @@ def explicit_keys(overrides: list[str]) -> list[str]:
 
 
 def run_task(task: Callable[[], Any]) -> Any:
-    """Run an app's work; a NitroError ends as `error: <message>` and exit code 2.
+    """Run an app's work; a NitroError ends as `error: <message>` and exit code 2, a stdout closed by its
+    reader as exit code 0.
 
     Inside a multirun the error is re-raised as JobFailed instead: Hydra records the job as failed and runs
     the others (a SystemExit would stop the whole sweep); `nitro` exits with 2 at the end.
     """
     try:
         return task()
+    except BrokenPipeError:
+        # stdout closed by its reader (`nitro report | head`): the files are written by then. Point stdout
+        # at /dev/null so that flushing it at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     except Exception as exc:
         if not isinstance(exc, NitroError):
             exc.nitro_in_task = True  # type: ignore[attr-defined]  # a bug of ours, not a bad config

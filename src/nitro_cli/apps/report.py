@@ -19,6 +19,15 @@ from ..runner.rundir import lock_folder, unlock_folder
 from .common import plain_config, run_task, task_config
 
 
+class _Console(Console):
+    """rich's Console, except that a stdout closed by its reader (`| head`) is no failure: rich would exit
+    with 1, but by the time anything is printed every report file is written (`nitro` exits with 0)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def _paths(value: object) -> list[Path]:
     """`runs` as a list of absolute paths; a single string is one folder."""
     if value is None:
@@ -61,11 +70,11 @@ def run_report(cfg: DictConfig) -> list[Path]:
     out = lock_folder(_out_dir(cfg, hydra_dir))
     try:
         report = collect_runs(_paths(cfg.get("runs")), shipped_presets(), exclude=[hydra_dir, out])
-        console = Console()
+        console = _Console()
         try:
             files = write_report(report, out, console)
         except BrokenPipeError:
-            raise  # stdout closed by its reader (`| head`): every file is written by then
+            raise  # see run_task
         except OSError as exc:
             raise NitroError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
     finally:

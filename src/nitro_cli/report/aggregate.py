@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .identity import Identity
-from .paper import PAPER_MAX_EPOCHS, PAPER_ROWS, PaperRow
+from .paper import PAPER_MAX_EPOCHS, PAPER_ROWS, PaperRow, paper_row
 from .runs import Run
 
 PROTOCOL_NOTES = {
@@ -63,7 +63,8 @@ class Group:
 
     @property
     def epochs(self) -> str:
-        """Epochs run ("52-57"), with why a run stopped short of the paper's budget."""
+        """Epochs run ("52-57"), and why short of the budget: stopped early, or (for a row of the paper,
+        modified or not) a budget below the paper's."""
         runs = [r.epochs_run for r in self.runs if isinstance(r.epochs_run, int)]
         if not runs:
             return "?"
@@ -72,7 +73,7 @@ class Group:
         if any(isinstance(r.max_epochs, int) and (r.epochs_run or 0) < r.max_epochs for r in self.runs):
             notes.append("stopped early")
         budgets = {r.max_epochs for r in self.runs}
-        if self.paper is not None and len(budgets) == 1:
+        if paper_row(self.experiment) is not None and len(budgets) == 1:
             budget = budgets.pop()
             if isinstance(budget, int) and budget < PAPER_MAX_EPOCHS:
                 notes.append(f"budget {budget} of {PAPER_MAX_EPOCHS}")
