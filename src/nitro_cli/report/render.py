@@ -84,7 +84,7 @@ def print_report(groups: list[Group], failed: list[Run], warnings: list[str], co
             fail.add_row(display_path(r.path), r.experiment, _seed(r), r.status, r.error or "")
         console.print(fail)
     for w in warnings:
-        console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
+        console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def _seed(r: Run) -> str:
