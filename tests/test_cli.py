@@ -435,6 +435,8 @@ def test_full_disk_while_checkpointing_stops_cleanly_and_keeps_the_last_checkpoi
     assert not list(last.parent.glob(".*.tmp"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "cannot write checkpoint" in summary["error"]
+    # The summary describes what is on disk: the two epochs of last.npz and metrics.csv, not the third.
+    assert summary["epochs_run"] == 2 and len((run / "metrics.csv").read_text().splitlines()) == 3
 
 
 def test_tab_completion_goes_through_the_subcommand(nitro) -> None:
