@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -598,3 +599,21 @@ def test_in_a_terminal_train_and_eval_say_where_and_how_far(tiny_run: Path, tmp_
     assert f"run dir {run_dir}:" in out and f"; outputs in {run_dir}" in out and "epoch 1/1" in out
     out = in_terminal("eval", f"ckpt={tiny_run / 'checkpoints/last.npz'}", f"hydra.run.dir={tmp_path / 'ev'}")
     assert "evaluating" in out and "2000/2000" in out
+
+
+@pytest.mark.parametrize("command", ["eval", "report"])
+def test_eval_and_report_refuse_an_output_folder_in_use(command: str, tiny_run: Path, tmp_path: Path,
+                                                        nitro) -> None:
+    folder = tmp_path / "busy"
+    code = (f"from nitro_cli.runner.rundir import lock_folder; import time; lock_folder({str(folder)!r}); "
+            "print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        args = ([f"ckpt={tiny_run / 'checkpoints/last.npz'}", f"hydra.run.dir={folder}"] if command == "eval"
+                else [f"runs={tiny_run}", f"out={folder}"])
+        clean_error(nitro(command, *args), str(folder), f"in use by process {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in folder.iterdir()] == [".lock"] and not (tmp_path / "outputs").exists()

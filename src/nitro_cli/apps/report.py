@@ -15,7 +15,7 @@ from rich.console import Console
 
 from ..errors import NitroError
 from ..report import PROTOCOL_NOTES, Presets, check_roots, collect_runs, write_report
-from ..runner.rundir import lock_folder, unlock_folder
+from ..runner.rundir import busy_error, lock_folder, lock_holder, unlock_folder
 from .common import plain_config, run_task, task_config
 
 
@@ -59,9 +59,14 @@ def _out_dir(cfg: DictConfig, hydra_dir: Path) -> Path:
 
 
 def check(config: DictConfig, hydra_dir: Path, here: bool) -> None:
-    """The Preflight check of `nitro report` (see apps/common.py): folders to scan, runs found."""
+    """The Preflight check of `nitro report` (see apps/common.py): folders to scan, runs found, and an
+    `out=` folder that no other command is writing to."""
     cfg = task_config(config)
-    check_roots(_paths(cfg.get("runs")), exclude=[hydra_dir, _out_dir(cfg, hydra_dir)])
+    out = _out_dir(cfg, hydra_dir)
+    holder = lock_holder(out)
+    if holder is not None:
+        raise busy_error(out, holder)
+    check_roots(_paths(cfg.get("runs")), exclude=[hydra_dir, out])
 
 
 def run_report(cfg: DictConfig) -> list[Path]:
