@@ -196,8 +196,8 @@ def test_refused_commands_end_in_one_line_and_touch_nothing(nitro, tiny_run: Pat
 
 
 @pytest.mark.parametrize("args", [["train", "trainer.batch_size=0"], ["train", "data=mnist", "data.root=/no"],
-                                  ["train", "-m", "seed=1,2", "model=nope"], ["eval", "ckpt=nowhere.npz"],
-                                  ["report", "runs=nowhere"]])
+                                  ["train", "-m", "seed=1,2", "model=mlp1,nope"],
+                                  ["eval", "ckpt=nowhere.npz"], ["report", "runs=nowhere"]])
 def test_a_refused_command_leaves_no_folder_behind(nitro, tmp_path: Path, args: list[str]) -> None:
     clean_error(nitro(*args))
     assert list(tmp_path.iterdir()) == []
