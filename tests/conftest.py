@@ -32,11 +32,22 @@ def nitro_env() -> dict[str, str]:
     return env
 
 
+def absolute_nitro_data() -> None:
+    """Make a relative $NITRO_DATA (e.g. ../shared/datasets, from the repository root) absolute, for the
+    `nitro` subprocesses, which run in other folders."""
+    if os.environ.get("NITRO_DATA"):
+        os.environ["NITRO_DATA"] = os.path.abspath(os.path.expanduser(os.environ["NITRO_DATA"]))
+
+
+absolute_nitro_data()
+
+
 def real_data_root(*rel: str) -> Path:
     """$NITRO_DATA when it holds the given files (raw or .gz), else skip the test with the reason."""
     env = os.environ.get("NITRO_DATA")
     if not env:
-        pytest.skip("NITRO_DATA is not set (export NITRO_DATA=/work/shared/datasets)")
+        pytest.skip("NITRO_DATA is not set (run the tests with NITRO_DATA=../shared/datasets or wherever "
+                    "`nitro data list` finds the datasets)")
     root = Path(env)
     for r in rel:
         if not ((root / r).is_file() or (root / (r + ".gz")).is_file()):
