@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Trains runs of the paper's rows two at a time (one BLAS thread each). Reads "row protocol seed" lines on
 # stdin; each run goes into OUT/<row>/<protocol>/<seed - 42>/ for at most EPOCHS epochs, its log into
-# OUT/logs/<row>-<protocol>-<seed>.log (one per run: two runs of a row may train at once). Rerunnable: a run
-# with a last.npz resumes from it bit-identically, which extends a run to a larger EPOCHS and leaves a
-# finished one (early stop or EPOCHS reached) as it is.
+# OUT/logs/<row>-<protocol>-<seed>.log (one per run: two runs of a row may train at once). Rerunnable
+# (resume=auto): a run with a last.npz resumes from it bit-identically, which extends a run to a larger
+# EPOCHS and leaves a finished one (early stop or EPOCHS reached) as it is.
 # Usage: printf '%s\n' "mlp1_mnist paper 42" ... | NITRO_DATA=... scripts/run-paper-rows.sh OUT EPOCHS
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +13,10 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT/logs"
 
 run_one() {  # row protocol seed
-  local dir="$OUT/$1/$2/$(($3 - 42))" log="$OUT/logs/$1-$2-$3.log" resume=() start rc=0
-  if [ -f "$dir/checkpoints/last.npz" ]; then resume=("resume=$dir/checkpoints/last.npz"); fi
+  local dir="$OUT/$1/$2/$(($3 - 42))" log="$OUT/logs/$1-$2-$3.log" start rc=0
   start=$(date +%s)
   "$NITRO" train "experiment=paper/$1" "trainer=$2" "trainer.max_epochs=$EPOCHS" "seed=$3" \
-    "hydra.run.dir=$dir" "${resume[@]}" >>"$log" 2>&1 || rc=$?
+    "hydra.run.dir=$dir" resume=auto >>"$log" 2>&1 || rc=$?
   echo "$1 $2 seed $3: up to $EPOCHS epochs, $(( $(date +%s) - start )) s, exit $rc" >>"$OUT/logs/wall_time.txt"
   if [ "$rc" -ne 0 ]; then echo "FAILED: $1 $2 seed $3 (exit $rc), see $log" >&2; return 1; fi
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -32,11 +33,22 @@ def nitro_env() -> dict[str, str]:
     return env
 
 
+def absolute_nitro_data() -> None:
+    """Make a relative $NITRO_DATA (e.g. ../shared/datasets, from the repository root) absolute, for the
+    `nitro` subprocesses, which run in other folders."""
+    if os.environ.get("NITRO_DATA"):
+        os.environ["NITRO_DATA"] = os.path.abspath(os.path.expanduser(os.environ["NITRO_DATA"]))
+
+
+absolute_nitro_data()
+
+
 def real_data_root(*rel: str) -> Path:
     """$NITRO_DATA when it holds the given files (raw or .gz), else skip the test with the reason."""
     env = os.environ.get("NITRO_DATA")
     if not env:
-        pytest.skip("NITRO_DATA is not set (export NITRO_DATA=/work/shared/datasets)")
+        pytest.skip("NITRO_DATA is not set (run the tests with NITRO_DATA=../shared/datasets or wherever "
+                    "`nitro data list` finds the datasets)")
     root = Path(env)
     for r in rel:
         if not ((root / r).is_file() or (root / (r + ".gz")).is_file()):
@@ -72,6 +84,12 @@ def tiny_ckpt(tiny_run: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "last.npz"
     shutil.copyfile(tiny_run / "checkpoints" / "last.npz", dst)
     return dst
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under `folder`, by relative path: equal before and after means untouched."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def params(npz: Path) -> dict[str, np.ndarray]:

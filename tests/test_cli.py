@@ -6,9 +6,11 @@ import csv
 import json
 import random
 import resource
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,12 +18,12 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import TINY, nitro_cmd, nitro_env, params, pickled_checkpoint
+from conftest import TINY, file_hashes, nitro_cmd, nitro_env, params, pickled_checkpoint, real_data_root
 from nitro_cli.runner import load_checkpoint, save_checkpoint
 
 SUMMARY_KEYS = {"experiment", "trainer", "seed", "status", "epochs_run", "test_accuracy",
                 "best_test_accuracy", "best_epoch", "val_accuracy", "wall_seconds", "samples_per_s", "model",
-                "data", "group", "error"}
+                "data", "group", "compat", "error"}
 # Slow enough to be interrupted mid-epoch (about a second per epoch), with dropout and augmentation so
 # that every random stream matters for a bit-identical resume.
 KILLABLE = ["model.hidden=[32]", "trainer.batch_size=8", "trainer.max_epochs=3", "model.dropout=0.1",
@@ -61,6 +63,7 @@ def test_quickstart_outputs_are_complete_and_accurate(quickstart) -> None:
     cfg = yaml.safe_load((run_dir / ".hydra/config.yaml").read_text())
     assert summary["status"] == "completed" and summary["error"] is None
     assert summary["experiment"] == "custom" and summary["trainer"] == "default" and summary["seed"] == 42
+    assert summary["compat"] == cfg["compat"] and summary["compat"]["name"] == "exact"
     assert summary["epochs_run"] == cfg["trainer"]["max_epochs"]
     assert summary["test_accuracy"] >= 0.90, summary
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
@@ -120,20 +123,38 @@ def test_multirun_writes_one_run_dir_per_job_and_report_groups_them(nitro, tmp_p
     assert (tmp_path / "rep/report.md").is_file() and (tmp_path / "rep/report.csv").is_file()
 
 
+# Without decay and with lr_inv = amp = 1 the weights outgrow int32 within the first epoch: a failure that
+# only training finds.
+OVERFLOW = ["optimizer.amp=1", "optimizer.fwd_decay_inv=null", "optimizer.subnet_decay_inv=null"]
+
+
 def test_a_failing_job_does_not_stop_the_sweep(nitro, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = nitro("train", "-m", "trainer.batch_size=-1,64", *TINY, f"hydra.sweep.dir={sweep}")
+    res = nitro("train", "-m", "optimizer.lr_inv=1,512", *OVERFLOW, *TINY, f"hydra.sweep.dir={sweep}")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "1 job(s) of the sweep failed" in res.stderr.splitlines()[-1]
     failed = json.loads((sweep / "0/summary.json").read_text())
-    assert failed["status"] == "failed" and "trainer.batch_size" in failed["error"]
+    assert failed["status"] == "failed" and "integer overflow" in failed["error"]
     assert json.loads((sweep / "1/summary.json").read_text())["status"] == "completed"
+
+
+def test_a_sweep_with_a_bad_job_is_refused_before_any_job_runs(nitro, tmp_path: Path) -> None:
+    clean_error(nitro("train", "-m", "trainer.batch_size=64,-1", *TINY), "job 1 (trainer.batch_size=-1",
+                "trainer.batch_size must be in", "no job was run")
+    assert not (tmp_path / "multirun").exists()
 
 
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
         (["train", "model=nope"], ["unknown model preset 'nope'", "mlp1", "model="]),
+        (["train", "trainer.batch_size=0"], ["trainer.batch_size", "got 0"]),
+        (["train", "+experiment=paper/mlp1_mnist"], ["write experiment=paper/mlp1_mnist, without the +"]),
+        (["train", *TINY], ["already holds a run", "resume="]),
+        (["train", "resume={run}/checkpoints/last.npz", "model.hidden=[64]"], ["cannot change model.hidden"]),
+        (["train", "resume=nowhere.npz"], ["does not exist"]),
+        (["train", "resume={run}/checkpoints/last.npz", "trainer.max_epochs=0"], ["trainer.max_epochs"]),
+        (["eval", "ckpt={run}/checkpoints/last.npz", "data=cifar10"], ["cifar10 has 3x32x32"]),
         (["train", "trainer.batch_size=-1"], ["trainer.batch_size", "-1"]),
         (["train", "data=mnist", "data.root=/nonexistent"], ["/nonexistent", "nitro data fetch mnist"]),
         (["eval", "ckpt=README.md"], ["README.md", "not an .npz archive"]),
@@ -154,11 +175,32 @@ def test_a_failing_job_does_not_stop_the_sweep(nitro, tmp_path: Path) -> None:
         (["frobnicate"], ["unknown command", "train"]),
     ],
 )
-def test_user_errors_end_in_one_clean_paragraph(nitro, tmp_path: Path, args: list[str],
-                                                needles: list[str]) -> None:
+def test_refused_commands_end_in_one_line_and_touch_nothing(nitro, tiny_run: Path, tmp_path: Path,
+                                                           args: list[str], needles: list[str]) -> None:
+    """Each command is aimed at a completed run's folder: refused before anything is written, it leaves
+    every file there byte-identical and no new folder under outputs/ or multirun/."""
     (tmp_path / "README.md").write_text("# not a checkpoint\n")
-    res = nitro(*args, f"hydra.run.dir={tmp_path / 'out'}" if args[0] != "frobnicate" else "")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = file_hashes(run)
+    args = [a.format(run=run) for a in args]
+    res = nitro(*args, f"hydra.run.dir={run}" if args[0] != "frobnicate" else "")
     clean_error(res, *needles)
+    assert file_hashes(run) == before
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize("args", [["train", "trainer.batch_size=0"], ["train", "data=mnist", "data.root=/no"],
+                                  ["train", "-m", "seed=1,2", "model=mlp1,nope"],
+                                  ["eval", "ckpt=nowhere.npz"], ["report", "runs=nowhere"]])
+def test_a_refused_command_leaves_no_folder_behind(nitro, tmp_path: Path, args: list[str]) -> None:
+    clean_error(nitro(*args))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(nitro, tmp_path: Path) -> None:
+    clean_error(nitro("train", *TINY, "hydra.run.dir=/proc/nitro_run"), "cannot create the output folder",
+                "/proc/nitro_run", "hydra.run.dir=")
 
 
 def test_help_version_and_composed_config(nitro) -> None:
@@ -195,6 +237,14 @@ def _start(run_dir: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen([*nitro_cmd(), "train", *KILLABLE, f"hydra.run.dir={run_dir}", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=nitro_env(),
                             cwd=run_dir.parent)
+
+
+def _continue_command(stderr: str) -> list[str]:
+    """The arguments of the `nitro ...` command an interrupted run prints to continue it."""
+    [line] = [x for x in stderr.splitlines() if x.startswith("interrupted: ")]
+    words = shlex.split(line.split("; continue with ", 1)[1])
+    assert words[0] == "nitro", line
+    return words[1:]
 
 
 def _wait_rows(run_dir: Path, rows: int, proc: subprocess.Popen[str], timeout: float = 120) -> None:
@@ -278,11 +328,13 @@ def test_sigterm_stops_mid_epoch_saves_and_resumes_bit_identically(reference: Pa
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "interrupted" in err and "resume=" in err and "Traceback" not in err
+    assert "Traceback" not in err
     state = load_checkpoint(run_dir / "checkpoints/last.npz").state
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and "interrupted" in summary["error"]
-    res = nitro("train", f"resume={run_dir / 'checkpoints/last.npz'}", f"hydra.run.dir={run_dir}")
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+    hint = _continue_command(err)  # continues in the same folder, so the run stays one run
+    assert hint == ["train", f"resume={run_dir / 'checkpoints/last.npz'}", f"hydra.run.dir={run_dir}"]
+    res = nitro(*hint)
     assert res.returncode == 0, res.stderr
     if state["position"] is not None:
         assert f"batch {state['position']['next_batch']}" in res.stdout
@@ -379,6 +431,8 @@ def test_full_disk_while_checkpointing_stops_cleanly_and_keeps_the_last_checkpoi
     assert not list(last.parent.glob(".*.tmp"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "cannot write checkpoint" in summary["error"]
+    # The summary describes what is on disk: the two epochs of last.npz and metrics.csv, not the third.
+    assert summary["epochs_run"] == 2 and len((run / "metrics.csv").read_text().splitlines()) == 3
 
 
 def test_tab_completion_goes_through_the_subcommand(nitro) -> None:
@@ -400,11 +454,161 @@ def test_tab_completion_goes_through_the_subcommand(nitro) -> None:
 def test_an_integer_overflow_stops_the_run_with_a_clear_error(nitro, tmp_path: Path):
     """Without decay and with lr_inv = amp = 1 the weights outgrow int32 within the first epoch."""
     run_dir = tmp_path / "ovf"
-    res = nitro("train", *TINY, "optimizer.lr_inv=1", "optimizer.amp=1", "optimizer.fwd_decay_inv=null",
-                "optimizer.subnet_decay_inv=null", f"hydra.run.dir={run_dir}")
+    res = nitro("train", *TINY, "optimizer.lr_inv=1", *OVERFLOW, f"hydra.run.dir={run_dir}")
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert "integer overflow in epoch 1: weight update of layer block1" in res.stderr
     assert "do not fit int32" in res.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "overflow" in summary["error"]
+
+
+# ------------------------------------------------------------------------ one run, one folder
+
+
+def test_two_runs_started_at_once_get_a_folder_each(tmp_path: Path) -> None:
+    procs = [subprocess.Popen([*nitro_cmd(), "train", *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=nitro_env(), cwd=tmp_path) for _ in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    runs = sorted((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 2
+    for run in runs:
+        assert len((run / "metrics.csv").read_text().splitlines()) == 2  # its header and its one epoch
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+        assert load_checkpoint(run / "checkpoints/last.npz").state["epoch"] == 1
+        assert not (run / ".lock").exists()
+
+
+def test_a_second_writer_is_refused_and_the_first_run_is_as_if_alone(reference: Path, tmp_path: Path,
+                                                                      nitro) -> None:
+    run_dir = tmp_path / "run"
+    first = _start(run_dir)
+    _wait_rows(run_dir, 0, first)  # its metrics.csv exists: it holds the folder
+    first.send_signal(signal.SIGSTOP)  # held still, so that the second one surely meets it at work
+    try:
+        second = nitro("train", *KILLABLE, f"hydra.run.dir={run_dir}")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    clean_error(second, str(run_dir), f"in use by process {first.pid} on")
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    _same_params(reference / "checkpoints/last.npz", run_dir / "checkpoints/last.npz")
+    _same_metrics(reference, run_dir)
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == \
+        sorted(p.relative_to(reference) for p in reference.rglob("*"))
+    assert (run_dir / ".hydra/config.yaml").read_bytes() == (reference / ".hydra/config.yaml").read_bytes()
+
+
+# The jobs of the sweeps below: KILLABLE for 2 epochs.
+SWEEP_JOB = [*(a for a in KILLABLE if not a.startswith("trainer.max_epochs")), "trainer.max_epochs=2"]
+
+
+def test_an_interrupted_sweep_is_completed_by_one_command(tmp_path: Path, nitro) -> None:
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    res = nitro("train", "-m", "seed=1,2,3", *SWEEP_JOB, f"hydra.sweep.dir={whole}", timeout=300)
+    assert res.returncode == 0, res.stderr
+    sweep = subprocess.Popen([*nitro_cmd(), "train", "-m", "seed=1,2,3", *SWEEP_JOB,
+                              f"hydra.sweep.dir={cut}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=nitro_env(),
+                             cwd=tmp_path)
+    _wait_rows(cut / "1", 0, sweep)  # job 2 of 3 is training
+    time.sleep(0.3)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 128 + signal.SIGTERM, err
+    assert json.loads((cut / "1/summary.json").read_text())["status"] == "interrupted"
+    assert not (cut / "2").exists()
+    finished = file_hashes(cut / "0")
+    again = _continue_command(err)
+    assert again[:2] == ["train", "-m"] and again[-2:] == [f"hydra.sweep.dir={cut}", "resume=auto"]
+    res = nitro(*again, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "nothing to train" in res.stdout and file_hashes(cut / "0") == finished  # job 1 was left as it was
+    for job in ("0", "1", "2"):
+        _same_params(whole / job / "checkpoints/last.npz", cut / job / "checkpoints/last.npz")
+        _same_metrics(whole / job, cut / job)
+    res = nitro("report", f"runs={cut}", f"out={tmp_path / 'rep'}")
+    assert res.returncode == 0, res.stderr
+    [row] = list(csv.DictReader((tmp_path / "rep/report.csv").open()))
+    assert row["n"] == "3" and row["seeds"] == "1 2 3"
+
+
+def test_a_seed_run_twice_counts_once_in_the_report(tmp_path: Path, nitro) -> None:
+    for _ in range(2):  # the same sweep twice, each into its own default folder
+        res = nitro("train", "-m", "seed=1,2", *TINY)
+        assert res.returncode == 0, res.stderr
+    first, second = sorted((tmp_path / "multirun").glob("*/*"))
+    # A sweep refused in an existing sweep folder leaves it as it was.
+    before = file_hashes(first)
+    clean_error(nitro("train", "-m", "seed=1,2", *TINY, f"hydra.sweep.dir={first}"), "already holds a run",
+                "resume=auto")
+    clean_error(nitro("train", "-m", "seed=1,2", *TINY, "trainer.batch_size=0", f"hydra.sweep.dir={first}"),
+                "trainer.batch_size")
+    assert file_hashes(first) == before and len(list((tmp_path / "multirun").glob("*/*"))) == 2
+    res = nitro("train", f"resume={first / '0/checkpoints/last.npz'}", f"hydra.run.dir={tmp_path / 'again'}")
+    assert res.returncode == 0, res.stderr
+    res = nitro("report", f"out={tmp_path / 'rep'}", f"runs=[multirun,{tmp_path / 'again'}]")
+    assert res.returncode == 0, res.stderr
+    [row] = list(csv.DictReader((tmp_path / "rep/report.csv").open()))
+    assert row["n"] == "2" and row["seeds"] == "1 2"
+    warnings = [w for w in res.stdout.splitlines() if w.startswith("warning:")]
+    assert len(warnings) == 3 and sum("seed 1:" in w for w in warnings) == 2
+    assert all("left out; counted once" in w for w in warnings)
+    newest = str((second / "1").relative_to(tmp_path))  # seed 2's newest run, named where it is left out
+    assert any(f"its newest run {newest}" in w for w in warnings)
+
+
+def test_modified_paper_rows_are_not_compared_with_the_paper(tmp_path: Path, nitro) -> None:
+    mini = tmp_path / "runs/mini"
+    res = nitro("train", "experiment=paper/mlp1_mnist", "data=mnist_mini", "trainer.max_epochs=3",
+                "engine=numpy", f"hydra.run.dir={mini}")
+    assert res.returncode == 0, res.stderr
+    root = real_data_root("MNIST/raw/train-images-idx3-ubyte")
+    res = nitro("train", "experiment=paper/mlp1_mnist", "trainer.max_epochs=2", "engine=numpy",
+                f"data.root={root}", f"hydra.run.dir={tmp_path / 'runs/short'}", timeout=300)
+    assert res.returncode == 0, res.stderr
+    res = nitro("report", f"runs={tmp_path / 'runs'}", f"out={tmp_path / 'rep'}")
+    assert res.returncode == 0, res.stderr
+    rows = {r["data"]: r for r in csv.DictReader((tmp_path / "rep/report.csv").open())}
+    assert rows["mnist_mini"]["modified"] == "data.name" and rows["mnist_mini"]["paper_mean_pct"] == ""
+    assert rows["mnist"]["modified"] == "" and rows["mnist"]["paper_mean_pct"] == "97.36"
+    md = (tmp_path / "rep/report.md").read_text()
+    assert "| paper/mlp1_mnist (modified: data.name) | paper |" in md
+    assert "| 2 (budget 2 of 150) |" in md
+
+
+@pytest.mark.skipif(shutil.which("script") is None, reason="script(1) provides the pseudo-terminal")
+def test_in_a_terminal_train_and_eval_say_where_and_how_far(tiny_run: Path, tmp_path: Path) -> None:
+    def in_terminal(*args: str) -> str:
+        cmd = shlex.join([*nitro_cmd(), *args])
+        res = subprocess.run(["script", "-qec", cmd, "/dev/null"], capture_output=True, text=True,
+                             env={**nitro_env(), "COLUMNS": "300"}, timeout=180, cwd=tmp_path)
+        assert res.returncode == 0, res.stdout[-3000:]
+        return res.stdout
+
+    run_dir = tmp_path / "run"
+    out = in_terminal("train", *TINY, f"hydra.run.dir={run_dir}")
+    assert "━" in out  # the rich bars, so this was a terminal
+    assert f"run dir {run_dir}:" in out and f"; outputs in {run_dir}" in out and "epoch 1/1" in out
+    out = in_terminal("eval", f"ckpt={tiny_run / 'checkpoints/last.npz'}", f"hydra.run.dir={tmp_path / 'ev'}")
+    assert "evaluating" in out and "2000/2000" in out
+
+
+@pytest.mark.parametrize("command", ["eval", "report"])
+def test_eval_and_report_refuse_an_output_folder_in_use(command: str, tiny_run: Path, tmp_path: Path,
+                                                        nitro) -> None:
+    folder = tmp_path / "busy"
+    code = (f"from nitro_cli.runner.rundir import lock_folder; import time; lock_folder({str(folder)!r}); "
+            "print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        args = ([f"ckpt={tiny_run / 'checkpoints/last.npz'}", f"hydra.run.dir={folder}"] if command == "eval"
+                else [f"runs={tiny_run}", f"out={folder}"])
+        clean_error(nitro(command, *args), str(folder), f"in use by process {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in folder.iterdir()] == [".lock"] and not (tmp_path / "outputs").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import absolute_nitro_data, real_data_root
 from nitro_cli.apps.data import main
 from nitro_cli.data import DATASETS
 from test_data import _contents, _small, _write_mnist
@@ -53,6 +55,16 @@ def test_list_empty_root(tmp_path, capsys):
     assert out.count("missing") == 3 and "nitro data fetch fashion_mnist" in out
     assert "MNIST/raw/" in out and "cifar-10-batches-bin/" in out and "cifar-10-batches-py/" in out
     assert "verified" in out  # the embedded subset
+
+
+@pytest.mark.parametrize("how", ["--root", "NITRO_DATA"])
+def test_list_refuses_a_root_that_is_not_there(tmp_path, how):
+    missing = tmp_path / "nonexistent"
+    args, env = (["--root", str(missing)], {}) if how == "--root" else ([], {"NITRO_DATA": str(missing)})
+    res = subprocess.run([sys.executable, "-m", "nitro_cli.apps.data", "list", *args], capture_output=True,
+                         text=True, env={**os.environ, **env}, timeout=60)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith(f"error: data root {missing} (") and res.stderr.count("\n") == 1
 
 
 def test_list_states(tmp_path, capsys, monkeypatch):
@@ -161,3 +173,14 @@ def test_console_script(tmp_path):
                           timeout=60)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
     assert done.stderr.startswith("error: unknown dataset 'nope'")
+
+
+def test_the_tests_name_the_data_root_relative_to_the_repository(tmp_path, monkeypatch):
+    monkeypatch.delenv("NITRO_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"NITRO_DATA=\.\./shared/datasets ") as skipped:
+        real_data_root("MNIST/raw/train-images-idx3-ubyte")
+    assert "/work" not in str(skipped.value)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NITRO_DATA", "../shared/datasets")
+    absolute_nitro_data()  # what conftest does on import: the subprocesses run in other folders
+    assert os.environ["NITRO_DATA"] == str(tmp_path.parent / "shared/datasets")

@@ -99,9 +99,7 @@ def test_engine_cupy_without_a_gpu_fails_in_one_line(nitro, tmp_path: Path) -> N
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert "CuPy" in lines[0] and "engine=numpy" in lines[0], lines[0]
-    summary = json.loads((tmp_path / "run/summary.json").read_text())
-    assert summary["status"] == "failed" and "CuPy" in summary["error"]
-    assert not list((tmp_path / "run").rglob("*.npz"))
+    assert not (tmp_path / "run").exists()  # refused before its folder was made
 
 
 @pytest.mark.skipif(REASON is None, reason="CuPy and a CUDA GPU are usable here")

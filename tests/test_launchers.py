@@ -72,29 +72,32 @@ def test_sweep_runs_each_job_in_its_own_process_and_report_aggregates_it(nitro, 
 
 def test_a_failing_submitit_job_leaves_the_other_job_complete(nitro, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    res = _sweep(nitro, sweep, "submitit_local", "1,-1")  # seed=-1 is refused by config validation
+    # lr_inv = amp = 1 without decay: the weights of job 1 outgrow int32 in its first epoch.
+    res = nitro("train", "-m", "optimizer.lr_inv=512,1", "optimizer.amp=1", "optimizer.fwd_decay_inv=null",
+                "optimizer.subnet_decay_inv=null", *JOB, *LAUNCHERS["submitit_local"],
+                f"hydra.sweep.dir={sweep}", timeout=120)
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr + res.stdout
     last = res.stderr.strip().splitlines()[-1]
     # The job ran in another process whose stderr went to its log: the message carries its error.
-    assert last.startswith("error: job 1 (seed=-1"), last
-    assert "seed must be in [0," in last and f"nitro report runs={sweep}" in last
+    assert last.startswith("error: job 1 (optimizer.lr_inv=1"), last
+    assert "integer overflow in epoch 1" in last and f"nitro report runs={sweep}" in last
 
     ok = _summary(sweep / "0")
-    assert ok["status"] == "completed" and ok["seed"] == 1 and ok["error"] is None
+    assert ok["status"] == "completed" and ok["seed"] == 42 and ok["error"] is None
     rows = list(csv.DictReader((sweep / "0" / "metrics.csv").open()))
     assert len(rows) == 1 and float(rows[0]["test_acc"]) == ok["test_accuracy"]
     for name in ("last.npz", "best.npz"):
         ckpt = load_checkpoint(sweep / "0" / "checkpoints" / name)
-        assert ckpt.state["epoch"] == 1 and ckpt.state["config"]["seed"] == 1
+        assert ckpt.state["epoch"] == 1 and ckpt.state["config"]["optimizer"]["lr_inv"] == 512
     failed = _summary(sweep / "1")
-    assert failed["status"] == "failed" and "seed" in failed["error"]
-    assert not (sweep / "1" / "checkpoints").exists()
+    assert failed["status"] == "failed" and "integer overflow" in failed["error"]
+    assert not list((sweep / "1").rglob("*.npz"))
 
     res = nitro("report", f"runs={sweep}", f"out={tmp_path / 'report'}")
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader((tmp_path / "report" / "report.csv").open()))
-    assert len(rows) == 1 and rows[0]["n"] == "1" and rows[0]["seeds"] == "1"
+    assert len(rows) == 1 and rows[0]["n"] == "1" and rows[0]["seeds"] == "42"
 
 
 def test_slurm_preset_composes_and_takes_overrides(nitro) -> None:

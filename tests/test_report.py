@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import json
 import math
@@ -16,8 +17,29 @@ import pytest
 import yaml
 
 import nitro_cli
+from nitro_cli.apps.report import compose_train, shipped_presets
 from nitro_cli.errors import NitroError
-from nitro_cli.report import PAPER_ROWS, collect_runs, find_run_dirs, format_seeds, paper_row, write_report
+from nitro_cli.report import PAPER_ROWS, Report, find_run_dirs, format_seeds, paper_row, write_report
+from nitro_cli.report import collect_runs as collect_with
+
+PRESETS = shipped_presets()  # composes each preset once, on first use, for every test of this module
+
+
+def collect_runs(roots: list[Path], **kw: object) -> Report:
+    return collect_with(roots, PRESETS, **kw)  # type: ignore[arg-type]
+
+
+@functools.cache
+def _composed(*overrides: str) -> str:
+    return json.dumps(compose_train(list(overrides)))
+
+
+def run_config(experiment: str, trainer: str, seed: int, *overrides: str) -> dict:
+    """The config `nitro train` composes for such a run (what its .hydra/config.yaml holds)."""
+    exp = [f"experiment={experiment}"] if experiment.startswith("paper/") else []
+    cfg = json.loads(_composed(*exp, f"trainer={trainer}", *overrides))
+    cfg["seed"] = seed
+    return cfg
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -32,12 +54,11 @@ B_BEST = [0.82, 0.86, 0.87]
 
 def make_run(path: Path, *, experiment: str, trainer: str, seed: int, group: str | None,
              status: str | None = "completed", final: float = 0.5, best: float = 0.5,
-             curve: list[float] | None = None, error: str | None = None) -> Path:
+             curve: list[float] | None = None, error: str | None = None, overrides: tuple[str, ...] = (),
+             max_epochs: int = 3) -> Path:
     """A fake run dir in the contract's format; status None = no summary.json at all."""
     (path / ".hydra").mkdir(parents=True)
-    cfg = {"seed": seed, "resume": None, "experiment": experiment, "data": {"name": "mnist"},
-           "model": {"preset": "mlp1"}, "optimizer": {"lr_inv": 512},
-           "trainer": {"name": trainer, "max_epochs": 3, "batch_size": 64}, "engine": {"backend": "numpy"}}
+    cfg = run_config(experiment, trainer, seed, f"trainer.max_epochs={max_epochs}", *overrides)
     (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     curve = curve or [final]
     with (path / "metrics.csv").open("w", newline="") as fh:
@@ -65,7 +86,7 @@ def runs_root(tmp_path: Path) -> Path:
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     for seed, final, best in zip((1, 2, 3), B_FINAL, B_BEST, strict=True):
         make_run(root / "outputs" / "2025-01-02" / f"0{seed}-00-00", experiment="custom", trainer="default",
-                 seed=seed, group="bbbb2222", final=final, best=best)
+                 seed=seed, group="bbbb2222", final=final, best=best, max_epochs=1)
     # Left out of every average: a failed run, a still-running one, one killed before its summary.
     make_run(sweep / "3", experiment="paper/mlp1_mnist", trainer="paper", seed=45, group="aaaa1111",
              status="failed", final=0.10, best=0.10, error="IntegerOverflowError: layer fc1 would wrap")
@@ -107,7 +128,7 @@ def test_discovery_finds_training_runs_only(runs_root: Path) -> None:
 
 def test_grouping_means_and_population_sigma(runs_root: Path) -> None:
     report = collect_runs([runs_root])
-    assert [(g.experiment, g.trainer, g.group, g.n) for g in report.groups] == [
+    assert [(g.experiment, g.protocol, g.group, g.n) for g in report.groups] == [
         ("paper/mlp1_mnist", "paper", "aaaa1111", 3), ("custom", "default", "bbbb2222", 3)]
     a, b = report.groups
     assert a.seeds == [42, 43, 44] and b.seeds == [1, 2, 3]
@@ -154,12 +175,19 @@ def test_format_seeds() -> None:
     assert format_seeds([]) == ""
 
 
-def test_duplicate_seed_warns(runs_root: Path, tmp_path: Path) -> None:
+def test_a_seed_found_twice_counts_once_from_its_newest_run(runs_root: Path, tmp_path: Path) -> None:
+    original = runs_root / "outputs" / "2025-01-02" / "01-00-00"
     copy = tmp_path / "copy"
-    shutil.copytree(runs_root / "outputs" / "2025-01-02" / "01-00-00", copy)
+    shutil.copytree(original, copy)
+    newer = (copy / "summary.json").stat().st_mtime + 60
+    os.utime(copy / "summary.json", (newer, newer))
     report = collect_runs([runs_root, copy])
-    assert report.groups[1].n == 4
-    assert any("seed(s) 1 appear more than once" in w for w in report.warnings)
+    b = report.groups[1]
+    assert b.n == 3 and b.seeds == [1, 2, 3] and b.final.mean == pytest.approx(0.85)
+    assert [r.path for r in b.runs if r.seed == 1] == [copy.resolve()]
+    assert [r.path for r in b.duplicates] == [original.resolve()]
+    [warning] = [w for w in report.warnings if "seed 1" in w]
+    assert f"also in {os.path.relpath(original)}, left out" in warning and os.path.relpath(copy) in warning
 
 
 def test_no_runs_is_a_nitro_error(tmp_path: Path) -> None:
@@ -180,9 +208,10 @@ def test_write_report_files(runs_root: Path, tmp_path: Path) -> None:
     assert "IntegerOverflowError" in text and "42-44" in text
 
     md = (out / "report.md").read_text()
-    assert "| paper/mlp1_mnist | paper | aaaa1111 | 42-44 | 3 | 97.00 ± 0.16 | 97.40 ± 0.08 [0.16] |" in md
-    assert "| custom | default | bbbb2222 | 1-3 | 3 | 85.00 ± 4.08 | 85.00 ± 2.16 [4.32] | - | - |" in md
-    assert "± is the population σ" in md and "9,984 test images" in md and "all 10,000 test images" in md
+    assert ("| paper/mlp1_mnist | paper | aaaa1111 | 42-44 | 3 | 2-3 (stopped early, budget 3 of 150) | "
+            "97.00 ± 0.16 | 97.40 ± 0.08 [0.16] |") in md
+    assert "| custom | default | bbbb2222 | 1-3 | 3 | 1 | 85.00 ± 4.08 | 85.00 ± 2.16 [4.32] | - | - |" in md
+    assert "± is the population σ" in md and "9,984 of 10,000 test images" in md and "every test image" in md
     assert "Failed or unfinished runs (3)" in md and "missing summary" in md and "layer fc1 would wrap" in md
     assert "| Epoch | paper/mlp1_mnist [paper] aaaa1111 | custom [default] bbbb2222 |" in md
     assert "| 3 | 75.00 ± 5.00 (n=2) |" in md  # two of the three seeds reached epoch 3
@@ -274,3 +303,60 @@ def test_nitro_report_console_script(runs_root: Path, tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert res.stderr.startswith("error: no training runs found")
+
+
+def test_only_an_unmodified_paper_preset_is_compared_with_the_paper(tmp_path: Path) -> None:
+    exp = "paper/mlp1_mnist"
+    make_run(tmp_path / "budget", experiment=exp, trainer="paper", seed=1, group="g1", max_epochs=2,
+             curve=[0.9, 0.95])
+    make_run(tmp_path / "mini", experiment=exp, trainer="paper", seed=1, group="g2",
+             overrides=("data=mnist_mini",))
+    make_run(tmp_path / "ref", experiment=exp, trainer="paper", seed=1, group="g3",
+             overrides=("compat=reference",))
+    make_run(tmp_path / "named", experiment="custom", trainer="default", seed=1, group="g4",
+             overrides=("trainer.name=paper",))
+    make_run(tmp_path / "mine", experiment=exp, trainer="paper", seed=1, group="g5",
+             overrides=("trainer.monitor=val", "trainer.val_fraction=0.1"))
+    groups = {g.group: g for g in collect_runs([tmp_path]).groups}
+    assert groups["g1"].paper is PAPER_ROWS["mlp1_mnist"] and groups["g1"].modified == ()
+    assert groups["g1"].epochs == "2 (budget 2 of 150)" and groups["g1"].label == exp
+    assert groups["g2"].paper is None and groups["g2"].modified == ("data.name",)
+    assert groups["g2"].label == "paper/mlp1_mnist (modified: data.name)"
+    assert groups["g3"].paper is None and "compat.name" in groups["g3"].modified
+    assert groups["g4"].protocol == "default"  # its trainer is the default one, whatever its name says
+    assert groups["g5"].protocol == "custom" and groups["g5"].paper is None
+    assert "trainer.monitor" in groups["g5"].modified
+
+
+def test_configs_written_before_a_key_existed_are_read_as_what_that_nitro_did(tmp_path: Path) -> None:
+    for name, exp in (("mlp", "paper/mlp1_mnist"), ("vgg", "paper/vgg8b_mnist")):
+        run = make_run(tmp_path / name, experiment=exp, trainer="paper", seed=1, group=name)
+        cfg = yaml.safe_load((run / ".hydra/config.yaml").read_text())
+        del cfg["compat"], cfg["model"]["fe_dropout"], cfg["optimizer"]["conv_amp_multiplier"]
+        (run / ".hydra/config.yaml").write_text(yaml.safe_dump(cfg))
+    groups = {g.group: g for g in collect_runs([tmp_path]).groups}
+    assert groups["mlp"].paper is PAPER_ROWS["mlp1_mnist"]
+    # VGG blocks were trained with the conv amp multiplier before it became a switch (off in the presets).
+    assert groups["vgg"].paper is None and groups["vgg"].modified == ("optimizer.conv_amp_multiplier",)
+
+
+def test_runs_given_as_a_file_are_refused_in_one_line(runs_root: Path, tmp_path: Path) -> None:
+    summary = runs_root / "outputs" / "2025-01-02" / "01-00-00" / "summary.json"
+    res = subprocess.run([str(NITRO), "report", f"runs={summary}"], capture_output=True, text=True,
+                         cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("error: runs: ") and "is a file" in res.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_reader_that_stops_early_loses_no_report_file(runs_root: Path, tmp_path: Path) -> None:
+    """`nitro report ... | head -2`: the files are all written, and the closed pipe is no error."""
+    out = tmp_path / "rep"
+    proc = subprocess.Popen([str(NITRO), "report", f"runs={runs_root}", f"out={out}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == ""
+    assert {p.name for p in out.iterdir()} == {"report.md", "report.csv", "accuracy_per_epoch.png",
+                                              "vs_paper.png"}

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,10 @@ from nitro_cli.errors import NitroError
 from nitro_cli.optim import sgd as sgd_module
 from nitro_cli.runner import build_network, build_optimizer, fit, load_checkpoint, validate_train_config
 from nitro_cli.runner import loop as loop_module
+from nitro_cli.runner import progress as progress_module
 from nitro_cli.runner.config import TRAIN_SCHEMA
+from nitro_cli.runner.progress import PlainDisplay
+from nitro_cli.runner.rundir import lock_folder, lock_holder, unlock_folder
 
 # The spec's table (section 5): row -> (preset, dataset, augment, dropout, fwd_decay_inv, subnet_decay_inv)
 PAPER = {
@@ -206,3 +214,39 @@ def test_widths_that_do_not_fit_the_data_are_refused_before_training(tmp_path: P
     with pytest.raises(NitroError, match="pools a"):
         fit(composed("model=vgg8b", "model.features=[8,M,M,M,M,M,M]", *TINY_CFG), tmp_path / "run")
     assert not (tmp_path / "run/checkpoints/last.npz").exists()
+
+
+def test_a_folder_has_one_writer_and_a_dead_writers_lock_is_taken_over(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    code = (f"from nitro_cli.runner.rundir import lock_folder; import time; lock_folder({str(folder)!r}); "
+            "print('locked', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        busy = f"process {holder.pid} on {socket.gethostname()}"
+        assert lock_holder(folder) == busy
+        with pytest.raises(NitroError, match=f"{folder} is in use by {busy}"):
+            lock_folder(folder)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up, its lock file stays behind
+        holder.wait()
+    assert (folder / ".lock").is_file() and lock_holder(folder) is None
+    assert lock_folder(folder) == folder.resolve()
+    assert (folder / ".lock").read_text().split()[0] == str(os.getpid())
+    unlock_folder(folder)
+    assert not (folder / ".lock").exists()
+
+
+def test_plain_progress_lines_carry_the_eta_of_the_epoch_and_of_the_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    lines: list[str] = []
+    log = logging.getLogger("test_plain_progress")
+    monkeypatch.setattr(log, "info", lines.append)
+    clock = iter([0.0, 0.0, 10.0])  # created, epoch started, a batch done 10 s later
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: next(clock))
+    display = PlainDisplay(log, every=5.0)
+    display.epoch_started(epoch=2, max_epochs=4, batches=100, done=0)
+    display.batch_done(10, loss=1.0, acc=0.5, samples_per_s=64.0)
+    # 1 s per batch: 90 batches left in this epoch, then 2 epochs of 100
+    assert lines == ["epoch 2 batch 10/100  loss 1.000  train 50.00%  64 img/s  "
+                     "ETA epoch 0:01:30, run 0:04:50"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import nitro_cmd, nitro_env, params
+from conftest import file_hashes, nitro_cmd, nitro_env, params
 
 pytestmark = pytest.mark.slurm
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the cluster extra")
@@ -113,8 +113,9 @@ def _same_params(a: Path, b: Path) -> None:
 
 
 def assert_interrupted(summary: dict) -> None:
-    """How a stopped-and-resumable run is recorded today (status `failed` with the resume hint as error)."""
-    assert summary["status"] == "failed" and summary["error"].startswith("interrupted"), summary
+    """How a stopped-and-resumable run is recorded: its own status, and the signal that stopped it."""
+    assert summary["status"] == "interrupted", summary
+    assert summary["error"].startswith("interrupted by SIGTERM"), summary
 
 
 def _quiet_sacct(stderr: str) -> None:
@@ -152,12 +153,12 @@ def _wait_for_epoch(run_dir: Path, proc: subprocess.Popen[str]) -> None:
         time.sleep(0.05)
 
 
-def test_a_cancelled_job_is_interrupted_and_continues_through_slurm_bit_identically(
+def test_a_cancelled_job_is_interrupted_and_its_sweep_completed_through_slurm_bit_identically(
         nitro, cluster: Path, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    proc = subprocess.Popen([*nitro_cmd(), "train", "-m", *SLURM, "seed=1,2", *SLOW_JOB,
-                             f"hydra.sweep.dir={sweep}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=tmp_path, env=nitro_env())
+    sweep, sweep_args = tmp_path / "sweep", ["-m", *SLURM, "seed=1,2", *SLOW_JOB]
+    proc = subprocess.Popen([*nitro_cmd(), "train", *sweep_args, f"hydra.sweep.dir={sweep}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            env=nitro_env())
     try:
         _wait_for_epoch(sweep / "1", proc)
         array = next(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
@@ -167,21 +168,23 @@ def test_a_cancelled_job_is_interrupted_and_continues_through_slurm_bit_identica
     finally:
         proc.kill()
     assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
-    last = sweep / "1" / "checkpoints" / "last.npz"
-    # The documented way on: the same launcher settings, resuming into the run's own folder.
-    command = (f"nitro train -m {' '.join(SLURM)} resume={last} hydra.sweep.dir={sweep / '1'} "
-               "hydra.sweep.subdir=.")
+    # The documented way on (README, Multirun): the sweep's own command with its folder and resume=auto.
+    command = shlex.join(["nitro", "train", *sweep_args, f"hydra.sweep.dir={sweep}", "resume=auto"])
     message = err.strip().splitlines()[-1]
-    assert message.startswith("error: job 1 (seed=2 ") and "interrupted by SIGTERM" in message, message
-    assert f"`{command}`" in message and f"nitro report runs={sweep}" in message, message
+    assert message.startswith("error: job 1 (seed=2 "), message
+    assert "of the sweep stopped: interrupted by SIGTERM" in message, message
+    assert f"continue the sweep with `{command}`" in message and f"nitro report runs={sweep}" in message
     assert _summary(sweep / "0")["status"] == "completed"  # the other job ran to the end
+    finished = file_hashes(sweep / "0")
     stopped = _summary(sweep / "1")
     assert_interrupted(stopped)
     assert stopped["epochs_run"] < 3  # stopped mid-training, not after it
 
-    res = nitro("train", *shlex.split(command)[2:])
+    res = nitro(*shlex.split(command)[1:])
     assert res.returncode == 0, res.stderr[-3000:]
-    assert len(list((sweep / "1").glob(".submitit/*/*_result.pkl"))) == 1  # through sbatch again
+    results = list(sweep.glob(".submitit/*_[01]/*_result.pkl"))
+    assert len(results) == 4 and len({p.parent.name.split("_")[0] for p in results}) == 2  # sbatch again
+    assert file_hashes(sweep / "0") == finished  # the completed job was left as it was
     assert _summary(sweep / "1")["status"] == "completed" and _summary(sweep / "1")["epochs_run"] == 3
     reference = tmp_path / "reference"
     res = nitro("train", "seed=2", *SLOW_JOB, f"hydra.run.dir={reference}")

@@ -65,6 +65,11 @@ def hydra_error_message(exc: BaseException, command: str) -> str:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     text = str(exc)
+    m = re.search(r"Multiple values for (\S+?)\. To override a value use 'override \S+: (\S+)'", text)
+    if m:  # `+group=preset` for a group the defaults list already selects
+        key, value = m.groups()
+        return (f"{key} is already in the defaults list: write {key}={value}, without the + (which adds a "
+                "key that does not exist yet)")
     if isinstance(exc, MissingConfigException):
         m = re.search(r"Could not find '([^']+)'", text)
         if m:
@@ -178,6 +183,8 @@ _SACCT_NOTE = _SacctNote()
 
 
 def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> int:
+    from .apps.common import Refused
+
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     _SACCT_NOTE.noted = False  # once per command
     logging.getLogger("submitit").addFilter(_SACCT_NOTE)
@@ -186,6 +193,11 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
     sys.argv = ["nitro" if args[:1] in (["-sc"], ["--shell-completion"]) else f"nitro {command}", *args]
     try:
         main()
+    except Refused as refused:  # by the app's checks, before Hydra wrote anything
+        message = None if full_error else user_error_message(refused.error, command)
+        if message is None:
+            raise refused.error from None
+        return _fail(message)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or 0
@@ -296,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+
 
 
 def console_main() -> None:

@@ -67,6 +67,9 @@ def _presence(name: str, root: str | None) -> tuple[str, str]:
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
     """Print one row per dataset: where it is expected and whether it is there and intact."""
     root = data_root(args.root)
+    if _root_source(args.root) != "default" and not root.is_dir():  # a root the user named: a typo?
+        raise NitroError(f"data root {root} ({_root_source(args.root)}) is not a folder; fix the path, or "
+                         "create it and fetch datasets into it with `nitro data fetch <name> --root ...`")
     console.print(f"data root: {root}  ({_root_source(args.root)})", markup=False, soft_wrap=True)
     table = Table("dataset", "location", "status", "details", caption="location: under the data root")
     for column in table.columns:

@@ -15,7 +15,10 @@ from rich.table import Table
 from ..errors import NitroError
 from ..runner import EvalReport, evaluate_checkpoint, validate_eval_config
 from ..runner.checkpoint import atomic_write_text
-from .common import plain_config, run_task
+from ..runner.evaluate import check_eval
+from ..runner.progress import count_progress
+from ..runner.rundir import lock_folder, unlock_folder
+from .common import plain_config, run_task, task_config
 
 
 def show(report: EvalReport, console: Console) -> None:
@@ -38,16 +41,29 @@ def show(report: EvalReport, console: Console) -> None:
     console.print(conf)
 
 
+def check(config: DictConfig, out_dir: Path, here: bool) -> None:
+    """The Preflight check of `nitro eval` (see apps/common.py): the config, the checkpoint, the dataset."""
+    c = validate_eval_config(plain_config(task_config(config)))
+    check_eval(to_absolute_path(c["ckpt"]), c["data"])
+
+
 def evaluate(cfg: DictConfig) -> EvalReport:
-    c = validate_eval_config(plain_config(cfg))
-    report = evaluate_checkpoint(to_absolute_path(c["ckpt"]), data=c["data"], backend=c["engine"]["backend"],
-                                 batch_size=c["batch_size"])
-    out = Path(HydraConfig.get().runtime.output_dir) / "eval.json"
-    show(report, Console())
+    """Evaluate, write eval.json, then print (a closed stdout, e.g. `| head`, loses no file)."""
+    out_dir = lock_folder(Path(HydraConfig.get().runtime.output_dir))
+    out = out_dir / "eval.json"
     try:
-        atomic_write_text(out, json.dumps(report.to_json(), indent=2) + "\n")
-    except OSError as exc:
-        raise NitroError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        c = validate_eval_config(plain_config(cfg))
+        with count_progress(c["progress"], "evaluating") as on_batch:
+            report = evaluate_checkpoint(to_absolute_path(c["ckpt"]), data=c["data"],
+                                         backend=c["engine"]["backend"], batch_size=c["batch_size"],
+                                         on_batch=on_batch)
+        try:
+            atomic_write_text(out, json.dumps(report.to_json(), indent=2) + "\n")
+        except OSError as exc:
+            raise NitroError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        unlock_folder(out_dir)
+    show(report, Console())
     Console().print(f"wrote {out}", markup=False, highlight=False)
     return report
 

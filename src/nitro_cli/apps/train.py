@@ -1,11 +1,10 @@
-"""`nitro train`: compose a run with Hydra, validate it, and hand it to the runner."""
+"""`nitro train`: compose a run with Hydra, check it before anything is written, and hand it to the runner."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,60 +15,100 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from ..data import DATASETS
+from ..engine import BackendUnavailable, RngStreams, get_backend
 from ..errors import NitroError
 from ..runner import (
     Checkpoint,
+    Summary,
     TrainingInterrupted,
+    build_network,
     check_run_dir,
+    finished_run,
     fit,
     load_checkpoint,
     resume_config,
     validate_train_config,
 )
 from ..runner.checkpoint import atomic_write_text
-from .common import explicit_keys, plain_config, run_task
+from ..runner.prepare import check_data
+from ..runner.rundir import COMPLETED, busy_error, lock_folder, lock_holder, read_status, unlock_folder
+from .common import JobInterrupted, explicit_keys, plain_config, run_task, task_config
 
 
-def _failed_summary(run_dir: Path, cfg: DictConfig, message: str) -> None:
-    """A run refused before it started still leaves a summary.json, so that reports list it as failed."""
-    def get(key: str) -> object:
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-        return value if isinstance(value, str | int | float) else None
+@dataclass
+class Plan:
+    """What a checked `nitro train` will do in its folder."""
 
-    summary = {"experiment": get("experiment"), "trainer": get("trainer.name"), "seed": get("seed"),
-               "status": "failed", "epochs_run": 0, "test_accuracy": None, "best_test_accuracy": None,
-               "best_epoch": None, "val_accuracy": None, "wall_seconds": 0.0, "samples_per_s": 0.0,
-               "model": get("model.preset"), "data": get("data.name"), "group": None, "error": message}
+    config: dict[str, Any]  # the config to train with: the checkpoint's one when resuming
+    ckpt: Checkpoint | None
+    finished: str | None  # why a finished run resumed in its own folder has nothing left to train
+
+
+def plan_run(cfg: DictConfig, run_dir: Path, overrides: list[str], here: bool) -> Plan:
+    """Check a run before anything is written: its config, its resume, its folder and, when it runs on this
+    machine (`here`), its dataset and engine. Raises NitroError naming the first problem."""
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        raise busy_error(run_dir, holder)
+    composed = validate_train_config(plain_config(cfg))
+    resume = composed["resume"]
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.npz"
+        resume = str(last) if last.is_file() else None
+    ckpt = load_checkpoint(to_absolute_path(resume)) if resume else None
+    if ckpt is not None:
+        composed = validate_train_config(resume_config(ckpt, {**composed, "resume": resume},
+                                                       explicit_keys(overrides)))
+    finished = None
+    if ckpt is not None and ckpt.path is not None and ckpt.path.parent.resolve() == run_dir / "checkpoints":
+        finished = finished_run(ckpt, composed) if read_status(run_dir) == COMPLETED else None
+    if here and finished is None:
+        check_data(composed)
+        if composed["model"]["features"] is not None:  # custom VGG widths may not fit the images
+            info = DATASETS[composed["data"]["name"]]
+            build_network(composed, tuple(info.shape), info.num_classes, RngStreams(0).init)
+        if composed["engine"]["backend"] == "cupy":
+            try:
+                get_backend("cupy")
+            except BackendUnavailable as exc:
+                raise NitroError(str(exc)) from None
+    check_run_dir(run_dir, ckpt)
+    return Plan(composed, ckpt, finished)
+
+
+def check(config: DictConfig, run_dir: Path, here: bool) -> None:
+    """The Preflight check of `nitro train` (see apps/common.py)."""
+    plan_run(task_config(config), run_dir.resolve(), list(config.hydra.overrides.task), here)
+
+
+def train(cfg: DictConfig) -> Summary | None:
+    """Lock the run folder, check the run again (its folder may have changed since the command's checks),
+    then train. Where the run meets its dataset and engine is left to `fit`: a sweep's job may run on another
+    machine than the one that checked it, and `fit` records a failure there in the run's summary.json."""
+    hc = HydraConfig.get()
+    run_dir = lock_folder(Path(hc.runtime.output_dir))
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    except OSError:
-        pass  # the error message on stderr is what matters
-
-
-def train(cfg: DictConfig) -> dict:
-    """Validate before any work, resolve a resume, then train into Hydra's run dir."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        composed, ckpt = _prepare(cfg, run_dir)
-    except NitroError as exc:
-        if not (run_dir / "summary.json").exists():
-            _failed_summary(run_dir, cfg, str(exc))
-        raise
-    try:
-        return fit(composed, run_dir, resume=ckpt)
+        plan = plan_run(cfg, run_dir, list(hc.overrides.task), False)
+        if plan.finished is not None:
+            print(f"nothing to train: the run in {run_dir} {plan.finished}; left as it is", flush=True)
+            return None
+        _write_hydra_files(run_dir, plan.config)
+        return fit(plan.config, run_dir, resume=plan.ckpt)
     except TrainingInterrupted as exc:
+        command = _continue_command(run_dir, exc.checkpoint)
         if _submitit_job():
-            # scancel, preemption: this job alone stops. Ending as a failed job hands the sweep a result that
-            # names it; an exit would leave none, and where sacct cannot tell (no accounting storage) the
-            # sweep would wait for that job forever.
-            command = _continue_command(exc.checkpoint, run_dir)
-            raise NitroError(f"{exc}; continue it with `{command}`") from None
-        print(f"interrupted: stopped {exc.where} and saved {exc.checkpoint}; continue with "
-              f"nitro train resume={exc.checkpoint}", file=sys.stderr, flush=True)
+            # scancel, preemption: this job alone stops (fit recorded it as interrupted). Ending with an error
+            # hands the sweep a result that names the job; an exit would leave none, and where sacct cannot
+            # tell (no accounting storage) the sweep would wait for that job forever.
+            raise JobInterrupted(f"{exc}; continue the sweep with `{command}`") from None
+        print(f"interrupted: stopped {exc.where} and saved {exc.checkpoint}; continue with {command}",
+              file=sys.stderr, flush=True)
         raise SystemExit(128 + exc.signum) from None
     except OSError as exc:  # outputs that are not checkpoints: metrics.csv, summary.json, train.log
         raise NitroError(f"cannot write the run's outputs in {run_dir}: {exc.strerror or exc}") from exc
+    finally:
+        unlock_folder(run_dir)
 
 
 def _submitit_job() -> bool:
@@ -78,40 +117,39 @@ def _submitit_job() -> bool:
     return hc.mode == RunMode.MULTIRUN and "submitit_launcher" in str(hc.launcher.get("_target_"))
 
 
-def _continue_command(checkpoint: Path, run_dir: Path) -> str:
-    """The sweep's own launcher settings, resuming `checkpoint` into its run folder as a one-job sweep."""
-    hydra = [o for o in HydraConfig.get().overrides.hydra
-             if o.split("=", 1)[0] not in ("hydra.mode", "hydra.sweep.dir", "hydra.sweep.subdir")]
-    args = ["-m", *hydra, f"resume={checkpoint}", f"hydra.sweep.dir={run_dir}", "hydra.sweep.subdir=."]
-    return "nitro train " + " ".join(shlex.quote(a) for a in args)
+def _continue_command(run_dir: Path, checkpoint: Path) -> str:
+    """The command that continues this run in its own folder; for a sweep, the whole sweep."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return shlex.join(["nitro", "train", f"resume={checkpoint}", f"hydra.run.dir={run_dir}"])
+    sweep_dir = Path(hc.sweep.dir).absolute()
+    sweep = f"hydra.sweep.dir={sweep_dir}"
+    if sys.argv[0] == "nitro train":  # the basic launcher: this job runs in the sweep's own process
+        args = sys.argv[1:]
+    else:  # a job that a launcher started in another process, maybe on another machine
+        try:
+            args = _sweep_arguments(sweep_dir)
+        except (OSError, yaml.YAMLError, LookupError, TypeError):
+            return f"the sweep's command plus {sweep} resume=auto"
+    args = [a for a in args if not a.startswith(("hydra.sweep.dir=", "resume="))]
+    return shlex.join(["nitro", "train", *args, sweep, "resume=auto"])
 
 
-def _prepare(cfg: DictConfig, run_dir: Path) -> tuple[dict[str, Any], Checkpoint | None]:
-    """The validated config to train with, and the checkpoint to continue from (if resume= is set)."""
-    composed = plain_config(cfg)
-    validate_train_config(composed)
-    ckpt = None
-    if composed.get("resume"):
-        ckpt = load_checkpoint(to_absolute_path(str(composed["resume"])))
-    try:
-        check_run_dir(run_dir, ckpt)
-    except NitroError:
-        # Hydra has just written this config over the other run's .hydra/config.yaml: put that one back.
-        with contextlib.suppress(NitroError, OSError, KeyError):
-            other = load_checkpoint(run_dir / "checkpoints" / "last.npz")
-            _write_hydra_config(run_dir, other.state["config"])
-        raise
-    if ckpt is not None:
-        composed = resume_config(ckpt, composed, explicit_keys())
-        validate_train_config(composed)
-        _write_hydra_config(run_dir, composed)  # what this run really is: the checkpoint's config
-    return composed, ckpt
+def _sweep_arguments(sweep_dir: Path) -> list[str]:
+    """The sweep's command-line arguments, from the multirun.yaml Hydra writes into its folder before
+    launching (`-m` stands for the hydra.mode=MULTIRUN that Hydra adds)."""
+    overrides = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]
+    return ["-m", *(o for o in overrides["hydra"] if o != "hydra.mode=MULTIRUN"), *overrides["task"]]
 
 
-def _write_hydra_config(run_dir: Path, config: dict[str, Any]) -> None:
-    subdir = HydraConfig.get().output_subdir
-    if subdir is not None and (run_dir / subdir).is_dir():
-        atomic_write_text(run_dir / subdir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+def _write_hydra_files(run_dir: Path, config: dict[str, Any]) -> None:
+    """.hydra/config.yaml (what this run is: the checkpoint's config when resuming), hydra.yaml and
+    overrides.yaml, as Hydra would write them, but only for a run that passed its checks."""
+    folder = run_dir / ".hydra"
+    folder.mkdir(exist_ok=True)
+    atomic_write_text(folder / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
+    atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(HydraConfig.get().overrides.task))
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

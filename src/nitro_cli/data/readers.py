@@ -328,6 +328,23 @@ def load_dataset(name: str, root: str | None = None) -> RawDataset:
     return _load_idx(info, base, layout)
 
 
+def dataset_sizes(name: str, root: str | None = None) -> tuple[int, int]:
+    """Training and test images of a dataset, from its file list (nothing read but the embedded subset), so
+    that a run can be refused before it starts; a missing file raises the NitroError `load_dataset` would."""
+    info = dataset_info(name)
+    if info.embedded:
+        raw = _load_embedded(info)
+        return len(raw.train_y), len(raw.test_y)
+    base = data_root(root)
+    layout = _choose_layout(info, base)
+    for spec in layout:
+        if _locate(base, spec) is None:
+            raise _missing_error(info, base, spec)
+    train, test = (sum(s.count for s in layout if s.split == split and s.kind != "images")
+                   for split in ("train", "test"))
+    return train, test
+
+
 def _check_file(info: DatasetInfo, root: Path, spec: FileSpec) -> FileStatus:
     path = _locate(root, spec)
     if path is None:

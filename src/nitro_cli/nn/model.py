@@ -269,8 +269,12 @@ class NitroNet:
                 heads.append(to_host(stage.head_forward(h)))
         return to_host(self.arith.forward_scaled(self.output, h)), heads
 
-    def evaluate(self, x: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> EvalResult:
-        """Accuracy of the output and of every head over all of `x` (the last partial batch included)."""
+    def evaluate(self, x: np.ndarray, labels: np.ndarray, batch_size: int = 256,
+                 on_batch: Callable[[int, int], None] | None = None) -> EvalResult:
+        """Accuracy of the output and of every head over all of `x` (the last partial batch included).
+
+        `on_batch(images done, images in all)` is called after each batch, for a progress display.
+        """
         labels = np.asarray(labels).astype(np.int64)
         correct, head_correct = 0, [0] * len(self.blocks)
         confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
@@ -283,6 +287,8 @@ class NitroNet:
                             for c, hd in zip(head_correct, heads, strict=True)]
             confusion += np.bincount(truth * self.num_classes + pred,
                                      minlength=self.num_classes**2).reshape(confusion.shape)
+            if on_batch is not None:
+                on_batch(min(start + batch_size, len(labels)), len(labels))
         return EvalResult(correct, len(labels), head_correct, confusion)
 
     def state_dict(self) -> dict[str, np.ndarray]:

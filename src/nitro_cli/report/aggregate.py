@@ -1,23 +1,27 @@
 """Grouping completed runs into experiments and computing mean ± sigma over seeds, beside the paper.
 
-A group is (experiment, trainer protocol, config hash): runs that differ only in seed. Sigma is the
+A group is (experiment, protocol, config hash): runs that differ only in seed, one run per seed (a seed
+run twice, or continued into another folder, counts once: its newest completed run). Sigma is the
 population std (ddof=0), the statistic the paper's README doubles for its ±.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .paper import PAPER_ROWS, PaperRow, paper_row
+from .identity import Identity
+from .paper import PAPER_MAX_EPOCHS, PAPER_ROWS, PaperRow, paper_row
 from .runs import Run
 
 PROTOCOL_NOTES = {
-    "paper": "best test accuracy over epochs, on 9,984 test images (the paper's protocol)",
-    "default": "test accuracy at the best validation epoch, on all 10,000 test images",
+    "paper": "best test accuracy over epochs, scored on whole test batches of 64 (the paper's protocol: "
+             "9,984 of 10,000 test images)",
+    "default": "test accuracy at the best validation epoch, on every test image",
+    "custom": "a trainer that matches no shipped preset (see the runs' .hydra/config.yaml)",
 }
 
 
@@ -39,12 +43,41 @@ class Group:
     """The completed runs of one experiment identity, and their statistics."""
 
     experiment: str
-    trainer: str
+    protocol: str
     group: str
     runs: list[Run]
     final: Stat  # test accuracy at the last epoch
     best: Stat  # the protocol's reported number (see PROTOCOL_NOTES)
-    paper: PaperRow | None
+    paper: PaperRow | None  # the paper row this group reproduces exactly (apart from its epoch budget)
+    modified: tuple[str, ...]  # keys in which it differs from the paper row its experiment names
+    duplicates: list[Run]  # older runs of a seed that is in `runs`, left out
+
+    @property
+    def label(self) -> str:
+        """The experiment, marked when it only names a paper row."""
+        if not self.modified:
+            return self.experiment
+        keys = ", ".join(self.modified[:3]) + (f" +{len(self.modified) - 3} more" if len(self.modified) > 3
+                                                else "")
+        return f"{self.experiment} (modified: {keys})"
+
+    @property
+    def epochs(self) -> str:
+        """Epochs run ("52-57"), and why short of the budget: stopped early, or (for a row of the paper,
+        modified or not) a budget below the paper's."""
+        runs = [r.epochs_run for r in self.runs if isinstance(r.epochs_run, int)]
+        if not runs:
+            return "?"
+        text = str(min(runs)) if min(runs) == max(runs) else f"{min(runs)}-{max(runs)}"
+        notes = []
+        if any(isinstance(r.max_epochs, int) and (r.epochs_run or 0) < r.max_epochs for r in self.runs):
+            notes.append("stopped early")
+        budgets = {r.max_epochs for r in self.runs}
+        if paper_row(self.experiment) is not None and len(budgets) == 1:
+            budget = budgets.pop()
+            if isinstance(budget, int) and budget < PAPER_MAX_EPOCHS:
+                notes.append(f"budget {budget} of {PAPER_MAX_EPOCHS}")
+        return text + (f" ({', '.join(notes)})" if notes else "")
 
     @property
     def n(self) -> int:
@@ -88,27 +121,33 @@ def _common(values: Iterable[str]) -> str:
     return distinct[0] if len(distinct) == 1 else "/".join(distinct)
 
 
-def group_runs(runs: Iterable[Run]) -> list[Group]:
-    """Group completed runs by (experiment, trainer, group hash); failed and unfinished runs are ignored.
+def group_runs(runs: Iterable[tuple[Run, Identity]]) -> list[Group]:
+    """Group completed runs by (experiment, identity, group hash), keeping the newest completed run of each
+    seed; failed and unfinished runs are ignored.
 
     Sorted: paper rows in the paper's order first, then other experiments by name.
     """
-    buckets: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
-    for r in runs:
+    buckets: dict[tuple[str, Identity, str], list[Run]] = defaultdict(list)
+    for r, identity in runs:
         if r.completed:
-            buckets[(r.experiment, r.trainer, r.group)].append(r)
+            buckets[(r.experiment, identity, r.group)].append(r)
     groups = []
-    for (experiment, trainer, gid), members in buckets.items():
-        members.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, str(r.path)))
+    for (experiment, identity, gid), members in buckets.items():
+        newest: dict[int | None, Run] = {}
+        for r in sorted(members, key=lambda r: (r.finished_at, str(r.path))):
+            newest[r.seed if r.seed is not None else id(r)] = r  # type: ignore[index]
+        kept = sorted(newest.values(), key=lambda r: (r.seed is None, r.seed or 0, str(r.path)))
         groups.append(
             Group(
                 experiment=experiment,
-                trainer=trainer,
+                protocol=identity.protocol,
                 group=gid,
-                runs=members,
-                final=Stat.of(r.test_accuracy for r in members),  # type: ignore[misc]
-                best=Stat.of(r.best_test_accuracy for r in members),  # type: ignore[misc]
-                paper=paper_row(experiment),
+                runs=kept,
+                final=Stat.of(r.test_accuracy for r in kept),  # type: ignore[misc]
+                best=Stat.of(r.best_test_accuracy for r in kept),  # type: ignore[misc]
+                paper=identity.paper,
+                modified=identity.modified,
+                duplicates=sorted((r for r in members if r not in kept), key=lambda r: str(r.path)),
             )
         )
     return sorted(groups, key=_order)
@@ -117,13 +156,7 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
 def _order(g: Group) -> tuple:
     rows = list(PAPER_ROWS)
     rank = rows.index(g.paper.row) if g.paper is not None else len(rows)
-    return (rank, g.experiment, g.trainer != "paper", g.trainer, g.group)
-
-
-def duplicate_seeds(group: Group) -> list[int]:
-    """Seeds that occur more than once in a group (e.g. a run repeated into another output folder)."""
-    counts = Counter(s for s in group.seeds if s is not None)
-    return sorted(s for s, c in counts.items() if c > 1)
+    return (rank, g.experiment, g.modified, g.protocol != "paper", g.protocol, g.group)
 
 
 def format_seeds(seeds: Iterable[int | None]) -> str:

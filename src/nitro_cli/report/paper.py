@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The paper's epoch budget (its protocol trains up to 150 epochs, stopping early).
+PAPER_MAX_EPOCHS = 150
+
 
 @dataclass(frozen=True)
 class PaperRow:

@@ -16,8 +16,9 @@ from rich.table import Table
 from .aggregate import PROTOCOL_NOTES, Group, format_seeds
 from .runs import Run
 
-HEADERS = ["Experiment", "Protocol", "Group", "Seeds", "n", "Final test acc %", "Best test acc % [2σ]",
-           "Paper % [2σ]", "Δ pts"]
+HEADERS = ["Experiment", "Protocol", "Group", "Seeds", "n", "Epochs", "Final test acc %",
+           "Best test acc % [2σ]", "Paper % [2σ]", "Δ pts"]
+_TEXT_COLUMNS = ("Experiment", "Protocol", "Group", "Seeds", "Epochs")
 
 
 def pct(x: float) -> str:
@@ -34,7 +35,8 @@ def group_cells(g: Group) -> list[str]:
     else:
         paper = f"{g.paper.mean:.2f} ± {g.paper.sigma:.2f} [{g.paper.plus_minus:.2f}]"
         delta = f"{g.delta_points:+.2f}"
-    return [g.experiment, g.trainer, g.group, format_seeds(g.seeds), str(g.n), final, best, paper, delta]
+    seeds = format_seeds(g.seeds)
+    return [g.label, g.protocol, g.group, seeds, str(g.n), g.epochs, final, best, paper, delta]
 
 
 def legend_lines(groups: list[Group]) -> list[str]:
@@ -44,10 +46,11 @@ def legend_lines(groups: list[Group]) -> list[str]:
         "the statistic the paper's README prints as ±.",
         "Final = test accuracy at the last epoch. Best = the protocol's reported number:",
     ]
-    protocols = sorted({g.trainer for g in groups} | set(PROTOCOL_NOTES))
-    for p in protocols:
-        lines.append(f"  {p}: {PROTOCOL_NOTES.get(p, 'unknown protocol')}")
-    lines.append("Δ = our best-test mean minus the paper's mean, in percentage points.")
+    for p in sorted({g.protocol for g in groups}):
+        lines.append(f"  {p}: {PROTOCOL_NOTES[p]}")
+    lines.append("Δ = our best-test mean minus the paper's mean, in percentage points, for runs whose config "
+                 "is the paper row's preset (only the seed, engine, data root and epoch budget may differ); "
+                 "a run that changes anything else is marked modified and not compared.")
     return lines
 
 
@@ -64,8 +67,7 @@ def print_report(groups: list[Group], failed: list[Run], warnings: list[str], co
     if groups:
         table = Table(title="NITRO-D runs: mean over seeds", title_justify="left")
         for h in HEADERS:
-            numeric = h not in ("Experiment", "Protocol", "Group", "Seeds")
-            table.add_column(h, justify="right" if numeric else "left", overflow="fold")
+            table.add_column(h, justify="left" if h in _TEXT_COLUMNS else "right", overflow="fold")
         for g in groups:
             table.add_row(*group_cells(g))
         console.print(table)
@@ -82,7 +84,7 @@ def print_report(groups: list[Group], failed: list[Run], warnings: list[str], co
             fail.add_row(display_path(r.path), r.experiment, _seed(r), r.status, r.error or "")
         console.print(fail)
     for w in warnings:
-        console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
+        console.print(f"warning: {w}", style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def _seed(r: Run) -> str:
@@ -98,7 +100,7 @@ def write_markdown(path: Path, groups: list[Group], failed: list[Run], warnings:
     out = ["# NITRO-D report", ""]
     if groups:
         out.append("| " + " | ".join(HEADERS) + " |")
-        out.append("|" + "|".join("---" if i < 4 else "---:" for i in range(len(HEADERS))) + "|")
+        out.append("|" + "|".join("---" if h in _TEXT_COLUMNS else "---:" for h in HEADERS) + "|")
         for g in groups:
             out.append("| " + " | ".join(_md_escape(c) for c in group_cells(g)) + " |")
         out.append("")
@@ -136,7 +138,7 @@ def per_epoch_lines(groups: list[Group]) -> list[str]:
     all_epochs = sorted(set().union(*curves))
     if not all_epochs:
         return []
-    names = [_md_escape(f"{g.experiment} [{g.trainer}] {g.group}") for g in groups]
+    names = [_md_escape(f"{g.label} [{g.protocol}] {g.group}") for g in groups]
     out = ["## Test accuracy per epoch (%)", "", "| Epoch | " + " | ".join(names) + " |",
            "|---:|" + "---:|" * len(groups)]
     for epoch in all_epochs:
@@ -153,7 +155,7 @@ def per_epoch_lines(groups: list[Group]) -> list[str]:
 
 
 CSV_COLUMNS = [
-    "experiment", "protocol", "group", "model", "data", "n", "seeds",
+    "experiment", "modified", "protocol", "group", "model", "data", "n", "seeds", "epochs_run", "max_epochs",
     "final_test_acc_mean_pct", "final_test_acc_std_pct",
     "best_test_acc_mean_pct", "best_test_acc_std_pct", "best_test_acc_2std_pct",
     "paper_mean_pct", "paper_std_pct", "paper_2std_pct", "delta_pts", "fp_les_pct", "fp_bp_pct",
@@ -169,9 +171,11 @@ def write_csv(path: Path, groups: list[Group]) -> None:
         for g in groups:
             p = g.paper
             w.writerow({
-                "experiment": g.experiment, "protocol": g.trainer, "group": g.group,
-                "model": g.model, "data": g.data, "n": g.n,
+                "experiment": g.experiment, "modified": " ".join(g.modified), "protocol": g.protocol,
+                "group": g.group, "model": g.model, "data": g.data, "n": g.n,
                 "seeds": " ".join("?" if s is None else str(s) for s in g.seeds),
+                "epochs_run": " ".join(str(r.epochs_run) for r in g.runs),
+                "max_epochs": _num(_mean([r.max_epochs for r in g.runs])),
                 "final_test_acc_mean_pct": _num(100 * g.final.mean),
                 "final_test_acc_std_pct": _num(100 * g.final.std),
                 "best_test_acc_mean_pct": _num(100 * g.best.mean),
@@ -195,7 +199,7 @@ def _mean(values: list) -> float | None:
 
 
 def label(g: Group) -> str:
-    return f"{g.experiment} [{g.trainer}] {g.group} (n={g.n})"
+    return f"{g.label} [{g.protocol}] {g.group} (n={g.n})"
 
 
 def plot_accuracy_per_epoch(path: Path, groups: list[Group]) -> bool:
@@ -239,10 +243,10 @@ def plot_vs_paper(path: Path, groups: list[Group]) -> bool:
     for ax, (row, gs) in zip(axes.flat, rows.items(), strict=False):
         paper = gs[0].paper
         assert paper is not None
-        names = ["paper"] + [f"ours [{g.trainer}]\n{g.group}" for g in gs]
+        names = ["paper"] + [f"ours [{g.protocol}]\n{g.group}" for g in gs]
         means = [paper.mean] + [100 * g.best.mean for g in gs]
         sigmas = [paper.sigma] + [100 * g.best.std for g in gs]
-        colors = ["tab:gray"] + ["tab:blue" if g.trainer == "paper" else "tab:orange" for g in gs]
+        colors = ["tab:gray"] + ["tab:blue" if g.protocol == "paper" else "tab:orange" for g in gs]
         for i, (m, s, c) in enumerate(zip(means, sigmas, colors, strict=True)):
             ax.errorbar([i], [m], yerr=[s], fmt="o", color=c, capsize=5, ms=6)
         ax.set_xticks(range(len(names)), names, fontsize="small")

@@ -26,7 +26,8 @@ class Run:
     """One training run as found on disk. Only runs with status "completed" are averaged."""
 
     path: Path
-    status: str  # "completed" | "failed" | "running" | "missing summary" | "unreadable"
+    # "completed" | "interrupted" (resumable) | "failed" | "running" | "missing summary" | "unreadable"
+    status: str
     error: str | None = None
     experiment: str = "?"
     trainer: str = "?"
@@ -38,7 +39,11 @@ class Run:
     best_test_accuracy: float | None = None
     best_epoch: int | None = None
     epochs_run: int | None = None
+    max_epochs: int | None = None
     wall_seconds: float | None = None
+    # the config it ran with (.hydra/config.yaml), and when its summary.json was last written
+    config: dict[str, Any] = field(default_factory=dict)
+    finished_at: float = 0.0
     # per-epoch test accuracy from metrics.csv: epoch -> fraction
     test_acc_per_epoch: dict[int, float] = field(default_factory=dict)
     # problems that do not stop the run from being averaged (e.g. an unreadable metrics.csv)
@@ -100,6 +105,7 @@ def read_run(path: Path) -> Run:
     summary_file = path / "summary.json"
     if summary_file.is_file():
         try:
+            run.finished_at = summary_file.stat().st_mtime
             summary = json.loads(summary_file.read_text())
             if not isinstance(summary, dict):
                 raise ValueError("not a JSON object")
@@ -118,9 +124,12 @@ def read_run(path: Path) -> Run:
 
 def _fill_from_config(run: Run, cfg: dict[str, Any]) -> None:
     trainer = cfg.get("trainer")
+    run.config = cfg
     run.experiment = str(cfg.get("experiment", run.experiment))
     if isinstance(trainer, dict):
         run.trainer = str(trainer.get("name", run.trainer))
+        if isinstance(trainer.get("max_epochs"), int):
+            run.max_epochs = trainer["max_epochs"]
     if isinstance(cfg.get("seed"), int):
         run.seed = cfg["seed"]
     for key in ("model", "data"):

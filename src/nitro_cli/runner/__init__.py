@@ -9,6 +9,7 @@ from .loop import (
     build_network,
     build_optimizer,
     check_run_dir,
+    finished_run,
     fit,
     resume_config,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "check_run_dir",
     "evaluate_checkpoint",
     "experiment_group",
+    "finished_run",
     "fit",
     "load_checkpoint",
     "model_from_checkpoint",

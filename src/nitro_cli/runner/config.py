@@ -153,6 +153,7 @@ TRAIN_SCHEMA: Schema = {
 EVAL_SCHEMA: Schema = {
     "ckpt": _str(optional=True),
     "batch_size": _int(1, 1 << 20),
+    "progress": _choice("auto", "rich", "plain", "none"),
     "engine": TRAIN_SCHEMA["engine"],
     "data": _optional_section(TRAIN_SCHEMA["data"]),  # type: ignore[arg-type]
 }

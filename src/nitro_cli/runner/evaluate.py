@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data import DATASETS, Normalizer, load_dataset
+from ..data import DATASETS, Normalizer, dataset_sizes, load_dataset
 from ..engine import BackendUnavailable, get_backend
 from ..errors import NitroError
 from ..nn import NitroNet, build_from_config
@@ -55,14 +56,20 @@ def model_from_checkpoint(ckpt: Checkpoint, xp: Any = np) -> NitroNet:
     return model
 
 
-def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None, backend: str = "auto",
-                        batch_size: int = 256) -> EvalReport:
-    """Accuracy, per-head accuracies and the confusion matrix of a checkpoint on a test split.
+@dataclass
+class _EvalJob:
+    """A checked evaluation: the checkpoint, its test protocol and the dataset to score it on."""
 
-    `data` (a data config: name, root) picks another dataset; by default the checkpoint's own dataset is
-    read from the data root (never from a path stored in the file). The checkpoint's normalizer and its
-    trainer's test protocol are used, so a last.npz reproduces its run's final test accuracy exactly.
-    """
+    ckpt: Checkpoint
+    trainer: dict[str, Any]
+    name: str
+    epoch: int
+    normalizer: Normalizer
+
+
+def check_eval(path: str | Path, data: dict[str, Any] | None = None) -> _EvalJob:
+    """Everything that can refuse an evaluation, checked without reading the dataset: the checkpoint, its
+    run record, the dataset's shape and presence."""
     ckpt = load_checkpoint(path)
     state = ckpt.state
     try:
@@ -70,24 +77,40 @@ def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None,
         name = data["name"] if data else state["config"]["data"]["name"]
         epoch = int(state.get("epoch", 0))
         normalizer = Normalizer.from_state_dict(ckpt.section("norm/", strip=True))
+        in_shape, num_classes = tuple(state["model"]["in_shape"]), int(state["model"]["num_classes"])
     except (KeyError, TypeError, ValueError, AttributeError, NitroError) as exc:
         raise NitroError(f"{path}: its run record is incomplete or malformed ({exc}); it was not written by "
                          "`nitro train`") from None
+    info = DATASETS[name]
+    if tuple(info.shape) != in_shape or info.num_classes != num_classes:
+        raise NitroError(f"the checkpoint's model takes {'x'.join(map(str, in_shape))} images and "
+                         f"{num_classes} classes; {name} has {'x'.join(map(str, info.shape))} and "
+                         f"{info.num_classes}: evaluate it on a dataset of the same shape")
+    dataset_sizes(name, data.get("root") if data else None)
+    return _EvalJob(ckpt, trainer, name, epoch, normalizer)
+
+
+def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None, backend: str = "auto",
+                        batch_size: int = 256,
+                        on_batch: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Accuracy, per-head accuracies and the confusion matrix of a checkpoint on a test split.
+
+    `data` (a data config: name, root) picks another dataset; by default the checkpoint's own dataset is
+    read from the data root (never from a path stored in the file). The checkpoint's normalizer and its
+    trainer's test protocol are used, so a last.npz reproduces its run's final test accuracy exactly.
+    `on_batch(images done, images in all)` reports progress.
+    """
+    job = check_eval(path, data)
     try:
         xp = get_backend(backend)
     except BackendUnavailable as exc:
         raise NitroError(str(exc)) from None
-    model = model_from_checkpoint(ckpt, xp)
-    info = DATASETS[name]
-    if tuple(info.shape) != tuple(model.in_shape) or info.num_classes != model.num_classes:
-        raise NitroError(f"the checkpoint's model takes {'x'.join(map(str, model.in_shape))} images and "
-                         f"{model.num_classes} classes; {name} has {'x'.join(map(str, info.shape))} and "
-                         f"{info.num_classes}: evaluate it on a dataset of the same shape")
-    raw = load_dataset(name, data.get("root") if data else None)
-    n = scored_test_count(len(raw.test_y), trainer)
-    x = normalizer.apply(raw.test_x[:n])
-    result = model.evaluate(x, raw.test_y[:n].astype(np.int64), batch_size)
-    return EvalReport(ckpt=str(path), data=name, epoch=epoch, n=result.n,
+    model = model_from_checkpoint(job.ckpt, xp)
+    raw = load_dataset(job.name, data.get("root") if data else None)
+    n = scored_test_count(len(raw.test_y), job.trainer)
+    x = job.normalizer.apply(raw.test_x[:n])
+    result = model.evaluate(x, raw.test_y[:n].astype(np.int64), batch_size, on_batch)
+    return EvalReport(ckpt=str(path), data=job.name, epoch=job.epoch, n=result.n,
                       test_accuracy=result.accuracy, head_names=model.head_names,
                       head_accuracies=result.head_accuracies, confusion=result.confusion,
                       class_names=list(raw.class_names))

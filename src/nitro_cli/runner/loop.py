@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -33,7 +32,8 @@ from ..optim import ConstantSchedule, EarlyStopping, IntegerSGD, PlateauSchedule
 from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from .config import experiment_group, validate_train_config
 from .prepare import Prepared, prepare_data
-from .progress import Display, make_display
+from .progress import Display, console_handler, make_display
+from .rundir import COMPLETED, FAILED, INTERRUPTED, RUNNING
 
 Summary = dict[str, Any]
 LOG = "nitro_cli.runner"
@@ -144,7 +144,7 @@ class _Run:
         self.train_seconds = 0.0
         self.samples = 0
         self.started = time.monotonic()
-        self.status, self.error = "running", None
+        self.status, self.error = RUNNING, None
 
     def wall(self) -> float:
         return self.wall_before + time.monotonic() - self.started
@@ -212,14 +212,15 @@ def _schedules(opt_cfg: dict[str, Any]) -> tuple[Any, EarlyStopping | None]:
 
 @contextmanager
 def _run_logger(run_dir: Path, mode: str) -> Iterator[logging.Logger]:
-    """Log lines go to train.log always, and to stdout unless a rich display prints them itself."""
+    """Log lines go to train.log always, and to stdout unless progress=none."""
     log = logging.getLogger(LOG)
     log.setLevel(logging.INFO)
     log.propagate = False
     fmt = logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.FileHandler(run_dir / "train.log", encoding="utf-8")]
-    if mode == "plain" or (mode == "auto" and not sys.stdout.isatty()):
-        handlers.append(logging.StreamHandler(sys.stdout))
+    stdout = console_handler(mode)
+    if stdout is not None:
+        handlers.append(stdout)
     for h in handlers:
         h.setFormatter(fmt)
         log.addHandler(h)
@@ -238,7 +239,32 @@ def check_run_dir(run_dir: Path, resume: Checkpoint | None) -> None:
         resume.path.resolve().parent == last_path.parent.resolve()
     if last_path.exists() and not resuming_here:
         raise NitroError(f"{run_dir} already holds a run (checkpoints/last.npz); continue it with "
-                         f"resume={last_path}, or start a new run in another folder (hydra.run.dir=...)")
+                         f"resume={last_path} hydra.run.dir={run_dir} (a sweep: the same command with "
+                         "resume=auto), or start a new run in another folder")
+
+
+def _nothing_to_train(epoch: int, position: dict[str, Any] | None, early: EarlyStopping | None,
+                      max_epochs: int) -> str | None:
+    """Why continuing a run that finished `epoch` epochs trains nothing, or None when there is work left."""
+    if position is not None:
+        return None
+    if early is not None and epoch and early.stopped_after(epoch):
+        return f"stopped early after epoch {epoch}"
+    if epoch >= max_epochs:
+        return f"finished {epoch} of {max_epochs} epochs"
+    return None
+
+
+def finished_run(ckpt: Checkpoint, cfg: Mapping[str, Any]) -> str | None:
+    """Why resuming `ckpt` with the (resumed) config `cfg` would train nothing, or None."""
+    _, early = _schedules(cfg["optimizer"])
+    s = ckpt.state
+    try:
+        if early is not None and s.get("early_stop") is not None:
+            early.load_state_dict(s["early_stop"])
+        return _nothing_to_train(int(s["epoch"]), s.get("position"), early, cfg["trainer"]["max_epochs"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NitroError(f"cannot resume from {ckpt.path}: its run state is incomplete ({exc})") from None
 
 
 def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | None = None) -> Summary:
@@ -259,13 +285,13 @@ def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | Non
         run = _Run(cfg, run_dir, log)
         try:
             return _fit(run, resume)
-        except TrainingInterrupted:
-            run.status, run.error = "failed", "interrupted; resume from checkpoints/last.npz"
+        except TrainingInterrupted as exc:
+            run.status, run.error = INTERRUPTED, str(exc)
             _try_summary(run)
             raise
         except BaseException as exc:
             nitro = _as_nitro_error(exc, run)
-            run.status = "failed"
+            run.status = FAILED
             run.error = str(nitro) if nitro is not None else f"{exc.__class__.__name__}: {exc}"
             _try_summary(run)
             _file_only(log, f"run failed: {run.error}")  # the app prints the error itself
@@ -328,11 +354,10 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
              f"{d['name']} [{n_train} train, {0 if data.val_y is None else len(data.val_y)} val, "
              f"{len(data.test_y)} test], trainer={t['name']}, seed={cfg['seed']}, engine={xp.__name__}")
     last_epoch = t["max_epochs"]
-    if position is None and early is not None and run.epoch and early.stopped_after(run.epoch):
-        log.info(f"the checkpoint's run stopped early after epoch {run.epoch}; nothing to train")
+    done = _nothing_to_train(run.epoch, position, early, last_epoch) if resume is not None else None
+    if done is not None:
+        log.info(f"the checkpoint's run {done}; nothing to train")
         last_epoch = run.epoch
-    elif run.epoch >= t["max_epochs"] and position is None:
-        log.info(f"the checkpoint already finished {run.epoch} of {t['max_epochs']} epochs; nothing to train")
     stop = _StopRequest(log)
     with stop.installed(), make_display(t["progress"], log) as display:
         for epoch in range(run.epoch + 1, last_epoch + 1):
@@ -355,7 +380,7 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
             raise TrainingInterrupted(stop.signum, run.ckpt_dir / "last.npz", f"after epoch {run.epoch}")
     if not (run.ckpt_dir / "last.npz").exists():  # resumed into a new dir with nothing left to train
         _save_last(run, model, opt, plateau, early, rngs, data, None, None)
-    run.status = "completed"
+    run.status = COMPLETED
     s = run.write_summary()
     log.info(f"done: {run.epoch} epochs, final test accuracy {s['test_accuracy']:.2%}, best "
              f"{s['best_test_accuracy']:.2%} (epoch {s['best_epoch']}), {s['wall_seconds']:.1f}s; "
@@ -403,6 +428,7 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
     assert monitored is not None
     lr_inv = opt.lr_inv  # the value this epoch trained with
     improved = run.best["monitor"] is None or monitored > run.best["monitor"]
+    before = (run.epoch, run.best, run.train_seconds, run.samples)
     if improved:
         run.best = {"monitor": monitored, "epoch": epoch, "test": test.accuracy, "val": val_acc}
     lowered = plateau.step(epoch, monitored, opt)
@@ -415,15 +441,16 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
     row = [epoch, train_loss, train_acc, val_acc, test.accuracy, *test.head_accuracies, lr_inv,
            round(seconds, 3)]
     run.metrics.append(row)
-    _save_last(run, model, opt, plateau, early, rngs, data, None, None)
-    if improved:
-        _copy_checkpoint(run.ckpt_dir / "last.npz", run.ckpt_dir / "best.npz")
     try:
-        with (run.run_dir / "metrics.csv").open("a", encoding="utf-8", newline="") as fh:
-            fh.write(_csv_text([row]))
-            fh.flush()
-    except OSError as exc:
-        raise NitroError(f"cannot append to {run.run_dir / 'metrics.csv'}: {exc.strerror or exc}") from exc
+        _save_last(run, model, opt, plateau, early, rngs, data, None, None)
+        if improved:
+            _copy_checkpoint(run.ckpt_dir / "last.npz", run.ckpt_dir / "best.npz")
+        _append_metrics(run.run_dir / "metrics.csv", row)
+    except NitroError:
+        # The summary written on the way out must describe what is on disk: the epoch before this one.
+        run.metrics.pop()
+        run.epoch, run.best, run.train_seconds, run.samples = before
+        raise
     run.write_summary()
     val = "" if val_acc is None else f"  val {val_acc:.2%}"
     heads = " ".join(f"{a:.1%}" for a in test.head_accuracies)
@@ -437,6 +464,15 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
         display.line(f"early stop after epoch {epoch}: no {early.min_delta:.0%} gain in "  # type: ignore[union-attr]
                      f"{early.patience} epochs")  # type: ignore[union-attr]
     return stop_now
+
+
+def _append_metrics(path: Path, row: list[Any]) -> None:
+    try:
+        with path.open("a", encoding="utf-8", newline="") as fh:
+            fh.write(_csv_text([row]))
+            fh.flush()
+    except OSError as exc:
+        raise NitroError(f"cannot append to {path}: {exc.strerror or exc}") from exc
 
 
 def _save_last(run: _Run, model: NitroNet, opt: IntegerSGD, plateau: Any, early: EarlyStopping | None,

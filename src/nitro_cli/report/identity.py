@@ -1,0 +1,108 @@
+"""What a run is, judged from the config it ran with: its protocol, and whether it is a row of the paper.
+
+Why from the config and not from names: `experiment` and `trainer.name` are free text that overrides leave
+unchanged, so `experiment=paper/mlp1_mnist data=mnist_mini` still calls itself the paper row and
+`trainer.name=paper` still calls the default trainer "paper". A run is compared with a paper row only when
+its config equals that row's preset under one of the shipped protocols, apart from keys that do not change
+what it computes (seed, engine, data root, display) and its epoch budget, which the report shows instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .paper import PaperRow, paper_row
+
+# Keys that do not make a run another experiment. trainer.max_epochs is shown as the budget instead.
+IGNORED = ("seed", "resume", "engine", "data.root", "trainer.progress", "trainer.eval_batch_size",
+           "trainer.max_epochs")
+# Keys of the trainer section that do not make it another protocol.
+_NOT_PROTOCOL = ("name", "max_epochs", "progress", "eval_batch_size")
+# Keys that older nitro versions did not write, with the value that describes what those versions did.
+_EXACT_COMPAT = {"name": "exact", "int8_loss_error": False, "int32_accumulation": False,
+                 "head_pool_zero_padding": False, "cnn_linear_double_update": False}
+
+Compose = Callable[[list[str]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A run's protocol (a trainer preset's name, or "custom"), the paper row it reproduces (None when it is
+    not one), and the keys in which it differs from the row its `experiment` names."""
+
+    protocol: str
+    paper: PaperRow | None
+    modified: tuple[str, ...]
+
+
+class Presets:
+    """The shipped presets a report compares runs with, composed on first use (composing takes a while)."""
+
+    def __init__(self, compose: Compose, protocols: tuple[str, ...]) -> None:
+        self.compose, self.protocols = compose, protocols
+        self._cache: dict[tuple[str, ...], dict[str, Any]] = {}
+
+    def config(self, *overrides: str) -> dict[str, Any]:
+        if overrides not in self._cache:
+            self._cache[overrides] = self.compose(list(overrides))
+        return self._cache[overrides]
+
+    def protocol(self, trainer: Mapping[str, Any]) -> str:
+        """The trainer preset whose settings `trainer` has, whatever its name says; else "custom"."""
+        mine = _without(trainer, _NOT_PROTOCOL)
+        for name in self.protocols:
+            if mine == _without(self.config(f"trainer={name}")["trainer"], _NOT_PROTOCOL):
+                return name
+        return "custom"
+
+
+def identify(cfg: Mapping[str, Any], presets: Presets) -> Identity:
+    """The identity of a run whose config (.hydra/config.yaml) is `cfg`."""
+    cfg = _with_legacy_keys(cfg)
+    protocol = presets.protocol(cfg.get("trainer") or {})
+    experiment = str(cfg.get("experiment", ""))
+    row = paper_row(experiment)
+    if row is None:
+        return Identity(protocol, None, ())
+    pinned = presets.config(f"experiment={experiment}",
+                            f"trainer={protocol if protocol in presets.protocols else 'paper'}")
+    mine, theirs = _flat(cfg), _flat(pinned)
+    modified = tuple(sorted(k for k in mine.keys() | theirs.keys()
+                            if not _ignored(k) and mine.get(k, _ABSENT) != theirs.get(k, _ABSENT)))
+    return Identity(protocol, None if modified else row, modified)
+
+
+_ABSENT = object()
+
+
+def _ignored(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in IGNORED)
+
+
+def _without(section: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in section.items() if k not in keys}
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, Mapping) or not node:
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def _with_legacy_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """`cfg` with the keys added since it was written, set to what the nitro that wrote it did: exact
+    arithmetic, no feature-extractor dropout, and the conv amp multiplier on (it was always applied to conv
+    blocks before it became a switch; MLPs have none)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+    out.setdefault("compat", dict(_EXACT_COMPAT))
+    model, optimizer = out.get("model"), out.get("optimizer")
+    if isinstance(model, dict):
+        model.setdefault("fe_dropout", 0.0)
+        if isinstance(optimizer, dict):
+            optimizer.setdefault("conv_amp_multiplier", str(model.get("preset", "")).startswith("vgg"))
+    return out
