@@ -18,8 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from nitro_cli import cli
+from nitro_cli.apps import train
 from nitro_cli.runner import load_checkpoint
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the cluster extra")
@@ -175,6 +179,27 @@ def test_submitit_errors_without_a_result_end_in_one_line() -> None:
     msg = cli.user_error_message(crash, "train")
     assert msg is not None and "Traceback" not in msg
     assert "MemoryError: out of memory" in msg and "/s/.submitit/7/7_0_log.err" in msg
+
+
+def test_a_launched_job_names_its_sweeps_own_command(monkeypatch, tmp_path: Path) -> None:
+    """A job that a launcher runs in another process (submitit, joblib) lacks the sweep's command line: the
+    command that completes the sweep comes from the multirun.yaml Hydra wrote before launching (its
+    hydra.mode=MULTIRUN is `-m`). tests/test_slurm.py runs it after a scancel."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    overrides = {"hydra": ["hydra/launcher=slurm_cluster", "hydra.launcher.partition=a b",
+                           "hydra.sweep.dir=sweep", "hydra.mode=MULTIRUN"],
+                 "task": ["seed=1,2", "model.hidden=[16]", "resume=auto"]}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": overrides}, "seed": 1}))
+    job = {"mode": RunMode.MULTIRUN, "sweep": {"dir": str(sweep)}}
+    monkeypatch.setattr(HydraConfig, "get", lambda: OmegaConf.create(job))
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/submitit/core/_submit.py", str(sweep / ".submitit/7_1")])
+    command = train._continue_command(sweep / "1", sweep / "1/checkpoints/last.npz")
+    assert command == ("nitro train -m hydra/launcher=slurm_cluster 'hydra.launcher.partition=a b' seed=1,2 "
+                       f"'model.hidden=[16]' hydra.sweep.dir={sweep} resume=auto")
+    (sweep / "multirun.yaml").unlink()  # a sweep folder emptied by hand
+    command = train._continue_command(sweep / "1", sweep / "1/checkpoints/last.npz")
+    assert command == f"the sweep's command plus hydra.sweep.dir={sweep} resume=auto"
 
 
 def test_sacct_failures_at_every_poll_become_one_note(monkeypatch, capsys) -> None:
