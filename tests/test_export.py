@@ -9,6 +9,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -422,3 +423,37 @@ def test_export_is_listed_in_the_help(nitro) -> None:
     assert res.returncode == 0 and "export" in res.stdout
     res = nitro("export", "--help")
     assert res.returncode == 0 and "format" in res.stdout and "heads" in res.stdout
+    env = {**nitro_env(), "COMP_LINE": "nitro export fo", "COMP_POINT": "15"}
+    res = subprocess.run([*nitro_cmd(), "-sc", "query=bash"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == 0 and "format=" in res.stdout.split()
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def test_export_bench_script_reports_identical_logits(mlp1_run: Path, tmp_path: Path) -> None:
+    needs_onnx()
+    needs_cc()
+    ckpt = mlp1_run / "checkpoints/last.npz"
+    res = subprocess.run([sys.executable, str(SCRIPTS / "export_bench.py"), str(ckpt), "--n", "300",
+                          "--repeats", "1", "--out", str(tmp_path / "bench")],
+                         capture_output=True, text=True, env=nitro_env(), timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    paths = [r for r in rows if "path" in r]
+    assert len(paths) == 3 and all(r["identical_logits"] == 300 for r in paths)
+    assert len({r["accuracy"] for r in paths}) == 1 and all(r["images_per_s"] > 0 for r in paths)
+
+
+@pytest.mark.slow
+def test_every_preset_exports_bit_exact() -> None:
+    """MLP1..MLP4, VGG8B (MNIST and CIFAR-10 shapes) and VGG11B at full width: both exports, compiled and
+    run, equal nitro's logits (minutes: the C compiler reads up to ~100 MB of weight arrays)."""
+    needs_onnx()
+    needs_cc()
+    res = subprocess.run([sys.executable, str(SCRIPTS / "export_sizes.py"), "--images", "2", "--scale",
+                          "256"], capture_output=True, text=True, env=nitro_env(), timeout=3600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 7 and all(r["onnx_identical"] and r["c_identical"] for r in rows)

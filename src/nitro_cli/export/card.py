@@ -15,7 +15,7 @@ from .plan import Plan, balanced_limbs
 def source_commit() -> str:
     """The git commit of the nitro-cli source doing the export (`+dirty` with local changes), or 'unknown'
     when it does not run from a git checkout (e.g. an installed wheel)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the nitro_cli package
     try:
         head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                               timeout=10)
