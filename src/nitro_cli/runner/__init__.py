@@ -1,7 +1,7 @@
 """The training and evaluation loop, checkpoints, config validation and progress display (no Hydra here)."""
 
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .config import experiment_group, validate_eval_config, validate_train_config
+from .config import experiment_group, validate_eval_config, validate_export_config, validate_train_config
 from .evaluate import EvalReport, evaluate_checkpoint, model_from_checkpoint
 from .loop import (
     Summary,
@@ -31,5 +31,6 @@ __all__ = [
     "resume_config",
     "save_checkpoint",
     "validate_eval_config",
+    "validate_export_config",
     "validate_train_config",
 ]

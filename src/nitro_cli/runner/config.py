@@ -158,6 +158,14 @@ EVAL_SCHEMA: Schema = {
     "data": _optional_section(TRAIN_SCHEMA["data"]),  # type: ignore[arg-type]
 }
 
+EXPORT_SCHEMA: Schema = {
+    "ckpt": _str(optional=True),
+    "format": _choice("onnx", "c"),
+    "out": _str(optional=True),
+    "heads": _bool,
+    "overwrite": _bool,
+}
+
 
 def _validate(cfg: Any, schema: Schema, where: str) -> dict[str, Any]:
     if not isinstance(cfg, Mapping):
@@ -199,6 +207,15 @@ def validate_eval_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out = _validate({"data": None, **cfg}, EVAL_SCHEMA, "")  # data: only when another dataset is asked for
     if not out["ckpt"]:
         raise NitroError("nitro eval needs a checkpoint: nitro eval ckpt=<run dir>/checkpoints/best.npz")
+    return out
+
+
+def validate_export_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A checked plain-dict copy of an export config."""
+    out = _validate(cfg, EXPORT_SCHEMA, "")
+    if not out["ckpt"]:
+        raise NitroError("nitro export needs a checkpoint: nitro export ckpt=<run dir>/checkpoints/best.npz "
+                         "format=onnx|c")
     return out
 
 

@@ -1,0 +1,105 @@
+"""model_card.json: what an exported model is, where it came from, and how to run it."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..runner.checkpoint import Checkpoint
+from .plan import Plan, balanced_limbs
+
+
+def source_commit() -> str:
+    """The git commit of the nitro-cli source doing the export (`+dirty` with local changes), or 'unknown'
+    when it does not run from a git checkout (e.g. an installed wheel)."""
+    here = Path(__file__).resolve().parent.parent  # the nitro_cli package
+    try:
+        head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "."],
+                               capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def recorded_test_accuracy(state: dict[str, Any]) -> float | None:
+    """The test accuracy the training run recorded for the checkpoint's epoch (metrics.csv's test_acc)."""
+    epoch = state.get("epoch")
+    for row in state.get("metrics") or []:
+        if isinstance(row, list) and len(row) > 4 and row[0] == epoch:
+            return row[4] if isinstance(row[4], int | float) else None
+    return None
+
+
+def model_card(ckpt: Checkpoint, plan: Plan, fmt: str, files: dict[str, int]) -> dict[str, Any]:
+    state = ckpt.state
+    cfg = state.get("config") or {}
+    model_cfg = state.get("model") or {}
+    c, h, w = plan.in_shape
+    layers = []
+    for p in plan.products():
+        entry: dict[str, Any] = {"name": p.name, "kind": p.kind, "weight_shape": list(p.weight.shape),
+                                 "fan_in": p.fan_in, "max_abs_weight": p.max_abs_weight,
+                                 "sum_bound": p.sum_bound, "int32_wrap": p.needs_wrap}
+        if fmt == "onnx":
+            entry["int8_limbs"] = len(balanced_limbs(p.weight))
+        else:
+            entry["accumulator"] = "int32_t" if p.sum_bound < 2**31 else "int64_t"
+        layers.append(entry)
+    heads = [hd.name for hd in plan.heads]
+    if fmt == "onnx":
+        io = {"input": {"name": "image", "dtype": "uint8", "shape": ["N", c, h, w],
+                        "layout": "NCHW raw pixel bytes (0..255); the graph normalizes them itself"},
+              "outputs": {"logits": f"int8 [N, {plan.num_classes}]: the output layer after Scaling, bit for "
+                                    "bit what `nitro eval` computes",
+                          "prediction": "int64 [N]: argmax of logits (first maximum)",
+                          **{f"head_{n}": f"int8 [N, {plan.num_classes}]: learning head of {n}"
+                             for n in heads}},
+              "run": "onnxruntime.InferenceSession('model.onnx').run(None, {'image': uint8 [N, C, H, W]})"}
+    else:
+        io = {"input": {"dtype": "uint8", "shape": [c, h, w],
+                        "layout": "channel planes [C][H][W] of raw pixel bytes, as IDX and CIFAR-10 binary "
+                                  "files store them"},
+              "outputs": {"logits": f"int32_t [{plan.num_classes}] in [-127, 127]: the output layer after "
+                                    "Scaling, bit for bit what `nitro eval` computes",
+                          "return": "the predicted class (first maximum of logits)",
+                          **({"head_logits": f"int32_t [{len(heads)} * {plan.num_classes}], heads {heads}"}
+                             if heads else {})},
+              "build": "cc -std=c99 -O2 -o nitro_eval main.c nitro_model.c",
+              "run": ["./nitro_eval idx IMAGES-idx3-ubyte LABELS-idx1-ubyte",
+                      "./nitro_eval cifar test_batch.bin"]}
+    return {
+        "format": fmt,
+        "files": files,
+        "dataset": (cfg.get("data") or {}).get("name"),
+        "preset": model_cfg.get("preset"),
+        "model": {k: model_cfg.get(k) for k in ("in_shape", "num_classes", "hidden", "features", "slope",
+                                                  "decoder_dim", "dropout", "fe_dropout")},
+        "compat": plan.compat,
+        "class_names": state.get("class_names"),
+        "parameters": int(sum(p.weight.size for p in plan.products())),
+        "test_accuracy": recorded_test_accuracy(state),
+        "test_accuracy_note": (f"recorded by `nitro train` at epoch {state.get('epoch')} on the test split "
+                               f"of {(cfg.get('data') or {}).get('name')} (trainer="
+                               f"{(cfg.get('trainer') or {}).get('name')}); null if that epoch did not end"),
+        "epoch": state.get("epoch"),
+        "heads": heads,
+        **io,
+        "layers": layers,
+        "checkpoint": {"path": str(ckpt.path), "sha256": file_sha256(ckpt.path) if ckpt.path else None},
+        "exported_by": {"tool": "nitro-cli", "version": __version__, "commit": source_commit()},
+    }

@@ -1,0 +1,459 @@
+"""`nitro export`: ONNX and C99 artifacts bit for bit equal to nitro's own evaluation, integer-only, and
+refused cleanly on bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import nitro_cmd, nitro_env
+from nitro_cli.data import load_dataset
+from nitro_cli.export import balanced_limbs, build_plan, load_for_export, render, write_folder
+from nitro_cli.export import verify as V
+from nitro_cli.nn import Arithmetic, build_from_config
+from nitro_cli.runner import load_checkpoint
+from test_cli import clean_error
+
+# A reduced VGG8B (same builder and stage kinds, small widths). The 96-channel block at 7x7 gets a head
+# pool with padding (kernel 2x1, padding 1x0), as every full VGG8B head on 28x28 inputs has.
+REDUCED_VGG = ["model=vgg8b", "model.features=[8,M,16,M,96,M]", "model.hidden=[32]"]
+INTEGER_TYPES = {"INT8", "UINT8", "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64"}
+
+
+def needs_onnx() -> None:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+
+
+def needs_cc() -> str:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler (cc) on this machine")
+    return cc
+
+
+def _train(tmp: Path, *overrides: str) -> Path:
+    run_dir = tmp / "run"
+    res = subprocess.run([*nitro_cmd(), "train", "engine=numpy", *overrides, f"hydra.run.dir={run_dir}"],
+                         capture_output=True, text=True, env=nitro_env(), timeout=600, cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def mlp1_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MLP1 (784-100-50-10, the quickstart model) trained for 5 epochs on the embedded MNIST subset."""
+    return _train(tmp_path_factory.mktemp("mlp1"), "trainer.max_epochs=5")
+
+
+@pytest.fixture(scope="module")
+def vgg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A reduced VGG8B trained for one epoch on the embedded MNIST subset."""
+    return _train(tmp_path_factory.mktemp("vgg"), *REDUCED_VGG, "trainer.max_epochs=1")
+
+
+def _export(nitro, ckpt: Path, fmt: str, out: Path, *extra: str) -> dict:
+    res = nitro("export", f"ckpt={ckpt}", f"format={fmt}", f"out={out}", *extra,
+                f"hydra.run.dir={out.parent / ('hydra_' + out.name)}")
+    assert res.returncode == 0, res.stderr
+    assert f"to {out}" in res.stdout
+    return json.loads((out / "model_card.json").read_text())
+
+
+def _check_bit_exact(ckpt: Path, nitro, tmp_path: Path, n: int) -> dict[str, float]:
+    """Export both formats with heads, run them on the first n test images, compare every logit."""
+    ckpt_obj, model, normalizer = load_for_export(ckpt)
+    raw = load_dataset(ckpt_obj.state["config"]["data"]["name"])
+    x, y = raw.test_x[:n], raw.test_y[:n].astype(np.int64)
+    ref, ref_heads = V.nitro_logits(model, normalizer, x)
+    assert ref.dtype == np.int8 and len(np.unique(ref.argmax(1))) > 1  # a trained, non-degenerate model
+    accuracy = {"nitro": float((ref.argmax(1) == y).mean())}
+
+    needs_onnx()
+    _export(nitro, ckpt, "onnx", tmp_path / "onnx", "heads=true")
+    out = V.onnx_outputs(V.onnx_session(tmp_path / "onnx" / "model.onnx"), x)
+    assert out["logits"].dtype == np.int8 and np.array_equal(out["logits"], ref)
+    assert np.array_equal(out["prediction"], ref.argmax(1))
+    for block, head in zip(model.blocks, ref_heads, strict=True):
+        assert np.array_equal(out[f"head_{block.name}"], head), block.name
+    accuracy["onnx"] = float((out["prediction"] == y).mean())
+
+    needs_cc()
+    _export(nitro, ckpt, "c", tmp_path / "c", "heads=true")
+    V.compile_c(tmp_path / "c", tmp_path / "nitro_eval")  # the strict flags; any warning fails
+    img, lbl = V.write_idx(x, y, tmp_path)
+    labels, preds, logits, line = V.run_c_driver(tmp_path / "nitro_eval", [img, lbl])
+    k = model.num_classes
+    assert np.array_equal(labels, y) and np.array_equal(preds, ref.argmax(1))
+    assert np.array_equal(logits[:, :k], ref)
+    for i, head in enumerate(ref_heads):
+        assert np.array_equal(logits[:, k * (i + 1):k * (i + 2)], head), model.blocks[i].name
+    correct = int((preds == y).sum())
+    hundredths = (correct * 10000 + n // 2) // n
+    assert line == f"accuracy {correct}/{n} = {hundredths // 100}.{hundredths % 100:02d}%"
+    accuracy["c"] = correct / n
+    return accuracy
+
+
+def test_onnx_runtime_integer_semantics_the_export_relies_on() -> None:
+    """Div truncates toward zero (negative operands too), MaxPool padding never wins on int8, ConvInteger
+    and MatMulInteger with int8 x int8 give the exact int32 products, -128 included."""
+    needs_onnx()
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    from nitro_cli.engine import trunc_div
+
+    def run(nodes, inputs, feeds, inits=(), out_type=None):
+        out = h.make_tensor_value_info("y", out_type or inputs[0].type.tensor_type.elem_type, None)
+        graph = h.make_graph(nodes, "g", inputs, [out], initializer=list(inits))
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+        import onnxruntime as ort
+
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, feeds)[0]
+
+    rng = np.random.default_rng(0)
+    for dt, np_dt in ((T.INT8, np.int8), (T.INT32, np.int32), (T.INT64, np.int64)):
+        a = np.array([-7, 7, -9, -1, -127, 127, -128, 5], dtype=np_dt)
+        b = np.array([2, -2, 4, 4, 4, 4, 3, -3], dtype=np_dt)
+        got = run([h.make_node("Div", ["a", "b"], ["y"])],
+                  [h.make_tensor_value_info("a", dt, [8]), h.make_tensor_value_info("b", dt, [8])],
+                  {"a": a, "b": b})
+        assert got.tolist() == trunc_div(a.astype(np.int64), b.astype(np.int64)).tolist()
+    x = np.full((1, 1, 3, 3), -100, dtype=np.int8)
+    got = run([h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1])],
+              [h.make_tensor_value_info("x", T.INT8, [1, 1, 3, 3])], {"x": x})
+    assert (got == -100).all()  # the padding (zero or anything above -100) never won
+    x = rng.integers(-128, 128, size=(2, 3, 5, 5)).astype(np.int8)
+    w = rng.integers(-128, 128, size=(4, 3, 3, 3)).astype(np.int8)
+    x[0, 0, 0, 0], w[0, 0, 0, 0] = -128, -128
+    got = run([h.make_node("ConvInteger", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+              [h.make_tensor_value_info("x", T.INT8, [2, 3, 5, 5])], {"x": x}, [nh.from_array(w, "w")],
+              T.INT32)
+    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    expect = np.zeros((2, 4, 5, 5), dtype=np.int64)
+    for i in range(3):
+        for j in range(3):
+            window = padded[:, :, i:i + 5, j:j + 5]
+            expect += np.einsum("nchw,oc->nohw", window, w[:, :, i, j].astype(np.int64))
+    assert got.dtype == np.int32 and np.array_equal(got, expect)
+    a = rng.integers(-128, 128, size=(3, 300)).astype(np.int8)
+    b = np.full((300, 2), -128, dtype=np.int8)
+    a[0] = -128
+    got = run([h.make_node("MatMulInteger", ["a", "b"], ["y"])],
+              [h.make_tensor_value_info("a", T.INT8, [3, 300])], {"a": a}, [nh.from_array(b, "b")], T.INT32)
+    assert got.dtype == np.int32 and np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_balanced_limbs_are_exact_8_bit_and_as_few_as_possible() -> None:
+    rng = np.random.default_rng(1)
+    w = np.concatenate([rng.integers(-2**31, 2**31, size=5000), [-2**31, 2**31 - 1, 0, -1, 1, 127, -128]])
+    limbs = balanced_limbs(w.astype(np.int32))
+    assert len(limbs) == 5 and all(limb.dtype == np.int8 for limb in limbs)
+    assert np.array_equal(sum(limb.astype(np.int64) * 256**i for i, limb in enumerate(limbs)), w)
+    # The fewest limbs: k limbs hold [-128 (256^k - 1) / 255, 127 (256^k - 1) / 255].
+    for value, k in [(0, 1), (127, 1), (-128, 1), (128, 2), (-129, 2), (32639, 2), (-32896, 2), (32640, 3),
+                     (-32897, 3), (8355711, 3), (8355712, 4), (2139062143, 4), (2139062144, 5)]:
+        assert len(balanced_limbs(np.array([value], dtype=np.int64))) == k, value
+
+
+def test_mlp1_onnx_and_c_match_nitro_eval_bit_for_bit_on_all_2000_test_images(mlp1_run: Path, nitro,
+                                                                               tmp_path: Path) -> None:
+    ckpt = mlp1_run / "checkpoints" / "last.npz"
+    accuracy = _check_bit_exact(ckpt, nitro, tmp_path, 2000)
+    res = nitro("eval", f"ckpt={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["n"] == 2000
+    assert accuracy == {"nitro": report["test_accuracy"], "onnx": report["test_accuracy"],
+                        "c": report["test_accuracy"]}
+
+
+def test_reduced_vgg8b_onnx_and_c_match_nitro_bit_for_bit(vgg_run: Path, nitro, tmp_path: Path) -> None:
+    accuracy = _check_bit_exact(vgg_run / "checkpoints" / "last.npz", nitro, tmp_path, 512)
+    assert len(set(accuracy.values())) == 1
+
+
+def test_compat_int32_wrap_and_zero_head_padding_are_reproduced(vgg_run: Path, tmp_path: Path) -> None:
+    """compat=reference arithmetic at inference: int32 wrap-around of the sums (weights scaled up so that
+    the sums do wrap) and head pools whose zero padding competes; ONNX and C match nitro bit for bit."""
+    ckpt, _, normalizer = load_for_export(vgg_run / "checkpoints" / "last.npz")
+    x = load_dataset("mnist_mini").test_x[:256]
+    trained = dict(ckpt.section("param/"))
+    scaled = dict(trained)
+    for name in ("param/block3/weight", "param/block4/weight"):
+        scaled[name] = (scaled[name].astype(np.int64) << 20).clip(-2**31, 2**31 - 1).astype(np.int32)
+
+    def model_with(params: dict, **switches: bool):
+        config = {**ckpt.state["model"], "compat": dataclasses.asdict(Arithmetic(**switches))}
+        m = build_from_config(config, np.random.default_rng(0))
+        m.load_state_dict(params)
+        return m
+
+    reference = dict(int8_loss_error=True, int32_accumulation=True, head_pool_zero_padding=True,
+                     cnn_linear_double_update=True)
+    model = model_with(scaled, **reference)
+    ref, ref_heads = V.nitro_logits(model, normalizer, x)
+    # Both behaviours matter here: the wrap changes the outputs, the zero padding block3's head.
+    assert not np.array_equal(ref, V.nitro_logits(model_with(scaled), normalizer, x)[0])
+    padded_head = V.nitro_logits(model_with(trained, head_pool_zero_padding=True), normalizer, x)[1][2]
+    assert not np.array_equal(padded_head, V.nitro_logits(model_with(trained), normalizer, x)[1][2])
+    plan = build_plan(model, normalizer.table(), heads=True)
+    assert {p.name for p in plan.products() if p.needs_wrap} >= {"block3", "block4"}
+    assert any(hd.pool is not None and hd.pool.pad_zero and hd.pool.ph for hd in plan.heads)
+
+    needs_onnx()
+    write_folder(tmp_path / "onnx", render(plan, "onnx"))
+    out = V.onnx_outputs(V.onnx_session(tmp_path / "onnx" / "model.onnx"), x)
+    assert np.array_equal(out["logits"], ref)
+    for block, head in zip(model.blocks, ref_heads, strict=True):
+        assert np.array_equal(out[f"head_{block.name}"], head), block.name
+
+    needs_cc()
+    write_folder(tmp_path / "c", render(plan, "c"))
+    assert "nitro_wrap32(z)" in (tmp_path / "c" / "nitro_model.c").read_text()
+    V.compile_c(tmp_path / "c", tmp_path / "nitro_eval")
+    img, lbl = V.write_idx(x, np.zeros(len(x), dtype=np.uint8), tmp_path)
+    _, _, logits, _ = V.run_c_driver(tmp_path / "nitro_eval", [img, lbl])
+    k = model.num_classes
+    assert np.array_equal(logits[:, :k], ref)
+    for i, head in enumerate(ref_heads):
+        assert np.array_equal(logits[:, k * (i + 1):k * (i + 2)], head), model.blocks[i].name
+
+
+def non_integer_tensors(model) -> list[str]:
+    """Every tensor of the graph (inputs, outputs, initializers, inferred intermediates, Cast targets,
+    constant attributes) whose element type is not an integer type."""
+    import onnx
+    from onnx import TensorProto
+
+    name = TensorProto.DataType.Name
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    graph = inferred.graph
+    bad = []
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if name(vi.type.tensor_type.elem_type) not in INTEGER_TYPES:
+            bad.append(f"{vi.name}: {name(vi.type.tensor_type.elem_type)}")
+    for init in graph.initializer:
+        if name(init.data_type) not in INTEGER_TYPES:
+            bad.append(f"initializer {init.name}: {name(init.data_type)}")
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and name(attr.i) not in INTEGER_TYPES:
+                bad.append(f"{node.name} casts to {name(attr.i)}")
+            if attr.type == onnx.AttributeProto.TENSOR and name(attr.t.data_type) not in INTEGER_TYPES:
+                bad.append(f"{node.name}.{attr.name}: {name(attr.t.data_type)}")
+            if attr.type in (onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS):
+                bad.append(f"{node.name}.{attr.name}: float attribute")
+    known = {vi.name for vi in [*graph.input, *graph.output, *graph.value_info]} | \
+        {i.name for i in graph.initializer}
+    bad += [f"{out}: type not inferred" for node in graph.node for out in node.output if out not in known]
+    return bad
+
+
+def test_onnx_graph_holds_integer_tensors_only(mlp1_run: Path, vgg_run: Path, nitro, tmp_path: Path) -> None:
+    needs_onnx()
+    import onnx
+    from onnx import TensorProto, helper
+
+    for run in (mlp1_run, vgg_run):
+        out = tmp_path / run.parent.name
+        card = _export(nitro, run / "checkpoints" / "last.npz", "onnx", out, "heads=true")
+        model = onnx.load(str(out / "model.onnx"))
+        onnx.checker.check_model(model, full_check=True)
+        assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+        assert {n.domain for n in model.graph.node} == {""}
+        assert non_integer_tensors(model) == []
+        assert card["input"]["dtype"] == "uint8" and card["format"] == "onnx"
+    # The walker does catch a float: a graph that casts the image to float.
+    graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.UINT8, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    bad = non_integer_tensors(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert any("FLOAT" in b for b in bad)
+
+
+FLOAT_TYPES = re.compile(r"\b(float|double|_Complex|_Imaginary|math\.h|float\.h)\b")
+# Floating literals (1.5, 2., 1e3, 0x1p3) and printf conversions of floating values (%f, %.2e, %g, %a).
+FLOAT_LITERALS = re.compile(r"(?<![\w.])(\d+\.\d*|\.\d+|\d+[eE][+-]?\d+|0[xX][0-9a-fA-F.]*[pP][+-]?\d+)|"
+                            r"%[-+ #0-9.]*[fFeEgGaA]")
+
+
+def float_in_c(text: str) -> str | None:
+    """The first floating-point type or literal in C source (literals searched outside comments)."""
+    m = FLOAT_TYPES.search(text)
+    if m:
+        return m.group(0)
+    code = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    m = FLOAT_LITERALS.search(code)
+    return m.group(0) if m else None
+
+
+def test_c_export_has_no_floating_point_and_compiles_cleanly(vgg_run: Path, nitro, tmp_path: Path) -> None:
+    cc = needs_cc()
+    card = _export(nitro, vgg_run / "checkpoints" / "last.npz", "c", tmp_path / "c", "heads=true")
+    files = sorted((tmp_path / "c").glob("*.[ch]"))
+    assert [f.name for f in files] == ["main.c", "nitro_model.c", "nitro_model.h", "nitro_weights.h"]
+    for f in files:
+        text = f.read_text()
+        assert float_in_c(text) is None, (f.name, float_in_c(text))
+        assert not re.search(r"\b(malloc|calloc|realloc|free|alloca)\b", text), f.name
+    assert "#define NITRO_SCRATCH_BYTES" in (tmp_path / "c" / "nitro_model.h").read_text()
+    assert card["build"].startswith("cc -std=c99")
+    for opt in ("-O0", "-O2"):
+        V.compile_c(tmp_path / "c", tmp_path / f"nitro_eval{opt}", opt=opt)  # fails on any warning
+    if platform.machine() in ("x86_64", "AMD64"):
+        # No floating-point register may be used at all: gcc refuses any float code under this flag.
+        res = subprocess.run([cc, *V.STRICT_FLAGS, "-mgeneral-regs-only", "-c", "-o", str(tmp_path / "m.o"),
+                              str(tmp_path / "c" / "nitro_model.c")], capture_output=True, text=True)
+        assert res.returncode == 0 and not res.stderr, res.stderr
+    # The check does see floating point.
+    for snippet in ("double x;", "float y;", "y = 0.5;", "y = 1e3;", "y = .5;", 'printf("%.2f", y);'):
+        assert float_in_c(snippet), snippet
+    assert float_in_c("/* version 0.1.0 */ int y = 3;") is None
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
+
+
+@pytest.fixture(scope="module")
+def damaged(mlp1_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    tmp = tmp_path_factory.mktemp("bad")
+    data = (mlp1_run / "checkpoints" / "last.npz").read_bytes()
+    (tmp / "truncated.npz").write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    flipped[len(data) // 3] ^= 0x10
+    (tmp / "flipped.npz").write_bytes(bytes(flipped))
+    (tmp / "notes.txt").write_text("not a checkpoint\n")
+    return {"truncated": (tmp / "truncated.npz", "not a usable nitro checkpoint"),
+            "flipped": (tmp / "flipped.npz", "not a usable nitro checkpoint"),
+            "text": (tmp / "notes.txt", "not an .npz archive"),
+            "missing": (tmp / "nope.npz", "does not exist")}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "flipped", "text", "missing"])
+def test_bad_checkpoints_end_in_one_error_line_and_write_nothing(kind: str, damaged, nitro,
+                                                                 tmp_path: Path) -> None:
+    path, needle = damaged[kind]
+    out = tmp_path / "exports" / "model"
+    clean_error(nitro("export", f"ckpt={path}", "format=c", f"out={out}", f"hydra.run.dir={tmp_path / 'h'}"),
+                needle)
+    assert not (tmp_path / "exports").exists()
+
+
+def test_user_errors_of_export_end_in_one_error_line(mlp1_run: Path, nitro, tmp_path: Path) -> None:
+    ckpt = mlp1_run / "checkpoints" / "last.npz"
+    hydra_dir = f"hydra.run.dir={tmp_path / 'h'}"
+    clean_error(nitro("export", f"ckpt={ckpt}", "format=tflite", f"out={tmp_path / 'x'}", hydra_dir),
+                "format must be one of onnx, c")
+    clean_error(nitro("export", "format=c", hydra_dir), "needs a checkpoint")
+    clean_error(nitro("export", f"ckpt={ckpt}", "formt=c", hydra_dir), "formt")
+    # An output folder that cannot be written: under a file, and under a read-only file system.
+    (tmp_path / "afile").write_text("x")
+    clean_error(nitro("export", f"ckpt={ckpt}", "format=c", f"out={tmp_path / 'afile' / 'sub'}", hydra_dir),
+                "cannot write the export", "Not a directory")
+    clean_error(nitro("export", f"ckpt={ckpt}", "format=c", "out=/proc/nitro_export", hydra_dir),
+                "cannot write the export")
+    assert not Path("/proc/nitro_export").exists()
+    # An existing non-empty folder is kept unless overwrite=true, which replaces it only when complete.
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    clean_error(nitro("export", f"ckpt={ckpt}", "format=c", f"out={out}", hydra_dir), "already exists")
+    assert (out / "keep.txt").read_text() == "mine"
+    assert _leftovers(tmp_path) == []
+    card = _export(nitro, ckpt, "c", out, "overwrite=true")
+    assert not (out / "keep.txt").exists()
+    assert {*card["files"], "model_card.json"} == {p.name for p in out.iterdir()}
+    assert _leftovers(tmp_path) == []
+
+
+def test_write_folder_leaves_nothing_behind_when_a_write_fails(tmp_path: Path, monkeypatch) -> None:
+    import nitro_cli.export as export
+
+    calls = []
+
+    def boom(fd: int) -> None:
+        calls.append(fd)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export.os, "fsync", boom)
+    from nitro_cli.errors import NitroError
+
+    with pytest.raises(NitroError, match="No space left"):
+        write_folder(tmp_path / "a" / "b" / "out", {"x.c": b"int x;\n"})
+    assert calls and list(tmp_path.iterdir()) == []
+
+
+def test_model_card_and_default_output_folder(mlp1_run: Path, nitro, tmp_path: Path) -> None:
+    ckpt = mlp1_run / "checkpoints" / "last.npz"
+    res = nitro("export", f"ckpt={ckpt}", "format=c", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "run" / "c"
+    card = json.loads((out / "model_card.json").read_text())
+    summary = json.loads((mlp1_run / "summary.json").read_text())
+    assert card["dataset"] == "mnist_mini" and card["preset"] == "mlp1" and card["epoch"] == 5
+    assert card["test_accuracy"] == summary["test_accuracy"]
+    assert card["input"]["dtype"] == "uint8" and card["input"]["shape"] == [1, 28, 28]
+    assert card["parameters"] == 784 * 100 + 100 * 50 + 50 * 10
+    assert card["compat"]["int32_accumulation"] is False
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?|unknown", card["exported_by"]["commit"])
+    assert card["checkpoint"]["sha256"] == __import__("hashlib").sha256(ckpt.read_bytes()).hexdigest()
+    sizes = {p.name: p.stat().st_size for p in out.iterdir() if p.name != "model_card.json"}
+    assert {k: v for k, v in card["files"].items() if k != "model_card.json"} == sizes
+    assert all(layer["accumulator"] in ("int32_t", "int64_t") for layer in card["layers"])
+    assert load_checkpoint(ckpt).state["epoch"] == 5
+
+
+def test_export_is_listed_in_the_help(nitro) -> None:
+    res = nitro("--help")
+    assert res.returncode == 0 and "export" in res.stdout
+    res = nitro("export", "--help")
+    assert res.returncode == 0 and "format" in res.stdout and "heads" in res.stdout
+    env = {**nitro_env(), "COMP_LINE": "nitro export fo", "COMP_POINT": "15"}
+    res = subprocess.run([*nitro_cmd(), "-sc", "query=bash"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == 0 and "format=" in res.stdout.split()
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def test_export_bench_script_reports_identical_logits(mlp1_run: Path, tmp_path: Path) -> None:
+    needs_onnx()
+    needs_cc()
+    ckpt = mlp1_run / "checkpoints/last.npz"
+    res = subprocess.run([sys.executable, str(SCRIPTS / "export_bench.py"), str(ckpt), "--n", "300",
+                          "--repeats", "1", "--out", str(tmp_path / "bench")],
+                         capture_output=True, text=True, env=nitro_env(), timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    paths = [r for r in rows if "path" in r]
+    assert len(paths) == 3 and all(r["identical_logits"] == 300 for r in paths)
+    assert len({r["accuracy"] for r in paths}) == 1 and all(r["images_per_s"] > 0 for r in paths)
+
+
+@pytest.mark.slow
+def test_every_preset_exports_bit_exact() -> None:
+    """MLP1..MLP4, VGG8B (MNIST and CIFAR-10 shapes) and VGG11B at full width: both exports, compiled and
+    run, equal nitro's logits (minutes: the C compiler reads up to ~100 MB of weight arrays)."""
+    needs_onnx()
+    needs_cc()
+    res = subprocess.run([sys.executable, str(SCRIPTS / "export_sizes.py"), "--images", "2", "--scale",
+                          "256"], capture_output=True, text=True, env=nitro_env(), timeout=3600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 7 and all(r["onnx_identical"] and r["c_identical"] for r in rows)
