@@ -10,7 +10,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,16 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import TINY, file_hashes, nitro_cmd, nitro_env, params, pickled_checkpoint, real_data_root
+from conftest import (
+    TINY,
+    file_hashes,
+    lock_held_elsewhere,
+    nitro_cmd,
+    nitro_env,
+    params,
+    pickled_checkpoint,
+    real_data_root,
+)
 from nitro_cli.runner import load_checkpoint, save_checkpoint
 
 SUMMARY_KEYS = {"experiment", "trainer", "seed", "status", "epochs_run", "test_accuracy",
@@ -600,15 +608,8 @@ def test_in_a_terminal_train_and_eval_say_where_and_how_far(tiny_run: Path, tmp_
 def test_eval_and_report_refuse_an_output_folder_in_use(command: str, tiny_run: Path, tmp_path: Path,
                                                         nitro) -> None:
     folder = tmp_path / "busy"
-    code = (f"from nitro_cli.runner.rundir import lock_folder; import time; lock_folder({str(folder)!r}); "
-            "print('locked', flush=True); time.sleep(120)")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with lock_held_elsewhere(folder) as holder:
         args = ([f"ckpt={tiny_run / 'checkpoints/last.npz'}", f"hydra.run.dir={folder}"] if command == "eval"
                 else [f"runs={tiny_run}", f"out={folder}"])
         clean_error(nitro(command, *args), str(folder), f"in use by process {holder.pid}")
-    finally:
-        holder.kill()
-        holder.wait()
     assert [p.name for p in folder.iterdir()] == [".lock"] and not (tmp_path / "outputs").exists()

@@ -6,8 +6,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from conftest import lock_held_elsewhere
 from nitro_cli.cli import user_error_message
 from nitro_cli.data import DATASETS
 from nitro_cli.errors import NitroError
@@ -218,18 +217,11 @@ def test_widths_that_do_not_fit_the_data_are_refused_before_training(tmp_path: P
 
 def test_a_folder_has_one_writer_and_a_dead_writers_lock_is_taken_over(tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    code = (f"from nitro_cli.runner.rundir import lock_folder; import time; lock_folder({str(folder)!r}); "
-            "print('locked', flush=True); time.sleep(120)")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    with lock_held_elsewhere(folder) as holder:  # then SIGKILLed: no clean-up, its lock file stays behind
         busy = f"process {holder.pid} on {socket.gethostname()}"
         assert lock_holder(folder) == busy
         with pytest.raises(NitroError, match=f"{folder} is in use by {busy}"):
             lock_folder(folder)
-    finally:
-        holder.kill()  # SIGKILL: no clean-up, its lock file stays behind
-        holder.wait()
     assert (folder / ".lock").is_file() and lock_holder(folder) is None
     assert lock_folder(folder) == folder.resolve()
     assert (folder / ".lock").read_text().split()[0] == str(os.getpid())
