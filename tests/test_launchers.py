@@ -14,6 +14,8 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,8 @@ from nitro_cli.runner import load_checkpoint
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the cluster extra")
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the cluster extra")
+# Imported once here: submitit configures its logger (its own handlers) when first imported.
+slurm = pytest.importorskip("submitit.slurm.slurm", reason="needs the cluster extra")
 
 # Tiny jobs (a second each); submitit_local polls its jobs, a short timeout bounds a stuck one.
 JOB = ["trainer.max_epochs=1", "model.hidden=[16]", "engine=numpy"]
@@ -204,9 +208,7 @@ def test_a_launched_job_names_its_sweeps_own_command(monkeypatch, tmp_path: Path
 
 def test_sacct_failures_at_every_poll_become_one_note(monkeypatch, capsys) -> None:
     """On a cluster without accounting storage submitit warns at every poll (tests/test_slurm.py sees it)."""
-    logger, shown = logging.getLogger("submitit"), []
-    handler = logging.Handler()
-    handler.emit = lambda record: shown.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("submitit")
 
     def sweep() -> None:
         for call in (1, 2, 3):
@@ -216,15 +218,86 @@ def test_sacct_failures_at_every_poll_become_one_note(monkeypatch, capsys) -> No
 
     monkeypatch.setattr(sys, "argv", sys.argv[:])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
-    logger.addHandler(handler)
-    try:
-        for _ in range(2):  # once per command, not once per process
-            shown.clear()
+    for _ in range(2):  # once per command, not once per process
+        with submitit_messages(keep_note=True) as shown:
             assert cli._run_hydra_app("train", sweep, []) == 0
-            assert shown == ["Bypassing signal SIGCONT"]
-            assert capsys.readouterr().err.count("note: sacct cannot report the jobs' states here") == 1
+        assert shown == ["Bypassing signal SIGCONT"]
+        err = capsys.readouterr().err
+        assert err.count("note: sacct cannot report the jobs' states here") == 1
+        assert "run `sacct` to see its reason" in err and "repeat" not in err
+
+
+@contextmanager
+def submitit_messages(keep_note: bool = False) -> Iterator[list[str]]:
+    """The messages that submitit's logger emits inside the block, instead of its own handlers (and, unless
+    keep_note, nitro's note filter set aside too)."""
+    logger, shown = logging.getLogger("submitit"), []
+    handler = logging.Handler()
+    handler.emit = lambda record: shown.append(record.getMessage())  # type: ignore[method-assign]
+    handlers, filters = logger.handlers[:], logger.filters[:]
+    logger.handlers = [handler]
+    if not keep_note:
+        logger.removeFilter(cli._SACCT_NOTE)
+    try:
+        yield shown
     finally:
-        logger.removeHandler(handler)
+        logger.handlers, logger.filters = handlers, filters
+
+
+def _fake_sacct(folder: Path, monkeypatch, status: int) -> None:
+    """A `sacct` first on PATH that answers on stdout, complains on stderr and exits with `status`."""
+    (folder / "bin").mkdir()
+    fake = folder / "bin" / "sacct"
+    fake.write_text("#!/bin/sh\necho 'Slurm accounting storage is disabled' >&2\n"
+                    "printf 'JobID|State|NodeList\\n7|RUNNING|node1\\n'\n"
+                    f'echo "$*" >> {folder / "calls"}\nexit {status}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder / 'bin'}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("status", [0, 1])
+def test_sacct_polls_keep_its_stdout_and_exit_status_and_drop_only_its_stderr(
+        tmp_path: Path, monkeypatch, capfd, status: int) -> None:
+    """A SLURM sweep's status checks: what submitit reads of sacct is unchanged, its stderr goes nowhere."""
+    _fake_sacct(tmp_path, monkeypatch, status)
+    original = slurm.SlurmJob.watcher
+    restore = cli._quiet_sacct_polls()
+    try:
+        watcher = slurm.SlurmJob.watcher
+        assert watcher is not original and isinstance(watcher, slurm.SlurmInfoWatcher)
+        assert watcher._delay_s == original._delay_s and cli._SACCT_NOTE.quiet
+        assert watcher._make_command() is None  # no job yet: no call, as before
+        watcher.register_job("7")
+        with submitit_messages() as warnings:
+            assert watcher.get_state("7", mode="force") == ("RUNNING" if status == 0 else "UNKNOWN")
+        assert watcher.num_calls == 1
+        assert (tmp_path / "calls").read_text() == "-o JobID,State,NodeList --parsable2 -j 7\n"
+        assert capfd.readouterr() == ("", "")  # sacct's complaint reached neither stream
+        assert len(warnings) == status  # a failure is still submitit's "Bypassing sacct error" (-> note)
+        assert all("Bypassing sacct error" in w for w in warnings)
+    finally:
+        restore()
+    assert slurm.SlurmJob.watcher is original and not cli._SACCT_NOTE.quiet
+
+
+def test_sacct_polls_are_left_as_they_are_with_an_unexpected_submitit(monkeypatch, capsys) -> None:
+    """Another submitit version whose watcher is not what nitro knows: today's behaviour, not a crash."""
+    odd = object()
+    monkeypatch.setattr(slurm.SlurmJob, "watcher", odd)
+    restore = cli._quiet_sacct_polls()
+    assert slurm.SlurmJob.watcher is odd and not cli._SACCT_NOTE.quiet
+    restore()
+    assert slurm.SlurmJob.watcher is odd
+    logger = logging.getLogger("submitit")
+
+    def sweep() -> None:
+        logger.warning("Call #1 - Bypassing sacct error Command '['sacct']' returned non-zero exit status 1.")
+
+    monkeypatch.setattr(sys, "argv", sys.argv[:])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    assert cli._run_hydra_app("train", sweep, []) == 0
+    err = capsys.readouterr().err
+    assert err.count("note: sacct cannot report") == 1 and "sacct's own one-line reason may repeat" in err
 
 
 @pytest.mark.parametrize(("load", "args", "threads"), [

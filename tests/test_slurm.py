@@ -118,18 +118,43 @@ def assert_interrupted(summary: dict) -> None:
     assert summary["error"].startswith("interrupted by SIGTERM"), summary
 
 
-def _quiet_sacct(stderr: str) -> None:
-    """sacct fails at every poll (no accounting storage): one note instead of submitit's warnings."""
-    assert "Bypassing sacct error" not in stderr
+def _quiet_sacct(stdout: str, stderr: str) -> None:
+    """sacct fails at every poll (no accounting storage): one note instead of submitit's warnings, and none
+    of the lines sacct prints on its stderr ("Slurm accounting storage is disabled") at each poll."""
+    out = stdout + stderr
+    assert "Bypassing sacct error" not in out
+    sacct_lines = [line for line in out.splitlines()
+                   if "accounting storage is disabled" in line or line.startswith("sacct:")]
+    assert not sacct_lines, f"{len(sacct_lines)} lines of sacct: {out[-3000:]}"
     assert stderr.count("note: sacct cannot report the jobs' states") == 1, stderr
+    assert out.count("note: sacct") == 1, out[-3000:]
+
+
+def _counting_sacct(folder: Path) -> tuple[dict[str, str], Path]:
+    """A `sacct` first on PATH that logs each call and runs the real one (stdout, stderr and exit status
+    untouched): the environment for `nitro`, and the log, one line per poll."""
+    real, log = shutil.which("sacct"), folder / "sacct-calls.log"
+    assert real is not None
+    (folder / "bin").mkdir()
+    shim = folder / "bin" / "sacct"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(log))}\nexec {shlex.quote(real)} "$@"\n')
+    shim.chmod(0o755)
+    return {"PATH": f"{folder / 'bin'}{os.pathsep}{os.environ['PATH']}"}, log
 
 
 def test_seed_sweep_runs_on_slurm_as_with_the_basic_launcher(nitro, tmp_path: Path) -> None:
     sweep, local = tmp_path / "slurm", tmp_path / "local"
-    res = nitro("train", "-m", *SLURM, "seed=1,2", *JOB, f"hydra.sweep.dir={sweep}")
+    # submitit polls sacct right after submitting, then when more than max(2 s, half the time since the
+    # submission) has passed, looking every second (so about 3 s later): the jobs sleep 4 s before training,
+    # so sacct fails at least twice, and the sweep shows neither its line nor more than one note.
+    env, sacct_calls = _counting_sacct(tmp_path)
+    res = nitro("train", "-m", *SLURM, 'hydra.launcher.setup=["sleep 4"]', "seed=1,2", *JOB,
+                f"hydra.sweep.dir={sweep}", **env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr + res.stdout
-    _quiet_sacct(res.stderr)
+    polls = sacct_calls.read_text().splitlines()
+    assert len(polls) >= 2, polls
+    _quiet_sacct(res.stdout, res.stderr)
     assert len(list(sweep.glob(".submitit/*_[01]/*_result.pkl"))) == 2  # both went through sbatch
     res = nitro("train", "-m", "seed=1,2", *JOB, f"hydra.sweep.dir={local}")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -164,10 +189,11 @@ def test_a_cancelled_job_is_interrupted_and_its_sweep_completed_through_slurm_bi
         array = next(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
         cancel = _slurm(cluster, "scancel", f"{array}_1")
         assert cancel.returncode == 0, cancel.stderr
-        _, err = proc.communicate(timeout=WAIT)
+        out, err = proc.communicate(timeout=WAIT)
     finally:
         proc.kill()
     assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
+    _quiet_sacct(out, err)
     # The documented way on (README, Multirun): the sweep's own command with its folder and resume=auto.
     command = shlex.join(["nitro", "train", *sweep_args, f"hydra.sweep.dir={sweep}", "resume=auto"])
     message = err.strip().splitlines()[-1]
@@ -182,6 +208,7 @@ def test_a_cancelled_job_is_interrupted_and_its_sweep_completed_through_slurm_bi
 
     res = nitro(*shlex.split(command)[1:])
     assert res.returncode == 0, res.stderr[-3000:]
+    _quiet_sacct(res.stdout, res.stderr)
     results = list(sweep.glob(".submitit/*_[01]/*_result.pkl"))
     assert len(results) == 4 and len({p.parent.name.split("_")[0] for p in results}) == 2  # sbatch again
     assert file_hashes(sweep / "0") == finished  # the completed job was left as it was
@@ -207,5 +234,6 @@ def test_a_job_without_its_dataset_fails_alone_and_nitro_names_it(nitro, tmp_pat
     assert failed["status"] == "failed" and failed["data"] == "mnist" and "missing file" in failed["error"]
     done = _summary(sweep / "1")
     assert done["status"] == "completed" and done["data"] == "mnist_mini" and done["epochs_run"] == 1
+    _quiet_sacct(res.stdout, res.stderr)
     rows = _report_rows(nitro, sweep, tmp_path / "report")
     assert len(rows) == 1 and rows[0]["data"] == "mnist_mini" and rows[0]["n"] == "1", rows

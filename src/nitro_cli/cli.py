@@ -163,26 +163,76 @@ def user_error_message(exc: BaseException, command: str) -> str | None:
 
 class _SacctNote(logging.Filter):
     """submitit asks sacct for its SLURM jobs' states and warns at every poll when sacct fails, as it does on
-    a cluster without accounting storage (sacct prints why). The jobs' result files still tell when each one
-    ends, so the warnings are dropped and the first one becomes a note."""
+    a cluster without accounting storage. The jobs' result files still tell when each one ends, so the
+    warnings are dropped and the first one becomes a note. sacct's own reason, which it prints on stderr at
+    every poll, is kept out of the terminal by _quiet_sacct_polls (`quiet`: the note says how to see it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.noted = False
+        self.quiet = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "Bypassing sacct error" not in record.getMessage():
             return True
         if not self.noted:
             self.noted = True
+            why = ("run `sacct` to see its reason" if self.quiet
+                   else "sacct's own one-line reason may repeat at each check")
             print("note: sacct cannot report the jobs' states here (no accounting storage?); nitro follows "
                   "each job through the result file it writes under the sweep's .submitit folder, and squeue "
-                  "shows them. sacct's own one-line reason may repeat at each check",
-                  file=sys.stderr, flush=True)
+                  f"shows them. {why}", file=sys.stderr, flush=True)
         return False
 
 
 _SACCT_NOTE = _SacctNote()
+
+# Runs the command with its stderr dropped: sh -c '...' sacct -o ... (the command's words stay arguments).
+SACCT_WITHOUT_STDERR = ["sh", "-c", 'exec "$0" "$@" 2>/dev/null']
+
+
+def _quiet_sacct_polls() -> Callable[[], None]:
+    """Keep sacct's stderr out of the terminal while submitit polls it for a SLURM sweep's job states;
+    returns the function that puts submitit back as it was.
+
+    submitit's InfoWatcher.update runs `subprocess.check_output(self._make_command())`, which captures
+    sacct's stdout and lets its stderr through to ours; without accounting storage sacct fails at each poll
+    (0, 2, 4, 8, ... s after a submission, then every 10 min) and prints "Slurm accounting storage is
+    disabled" each time. Here the one watcher that every SlurmJob shares (the class attribute
+    SlurmJob.watcher) is replaced by one whose sacct command drops its stderr, and nothing else. That is
+    safe: submitit reads only sacct's stdout and exit status, which are unchanged, and treats any failure as
+    "bypass, status may be inaccurate", which _SacctNote already turns into its one note; so nothing a user
+    needs is lost. sbatch, scancel and the jobs' own logs are untouched. With a submitit whose classes are
+    not as expected (another version), nothing is changed and the note says that sacct's line may repeat.
+    """
+    try:
+        from submitit.slurm import slurm
+    except Exception:  # no cluster extra (so no SLURM sweep either), or one that cannot load
+        return lambda: None
+    base, shared = getattr(slurm, "SlurmInfoWatcher", None), getattr(slurm, "SlurmJob", None)
+    original = getattr(shared, "watcher", None)
+    if not (isinstance(base, type) and type(original) is base
+            and callable(getattr(base, "_make_command", None))):
+        return lambda: None
+
+    class QuietSacctWatcher(base):  # type: ignore[misc, valid-type]
+        def _make_command(self) -> list[str] | None:
+            command = super()._make_command()
+            return None if command is None else [*SACCT_WITHOUT_STDERR, *command]
+
+    try:
+        quiet = QuietSacctWatcher(delay_s=getattr(original, "_delay_s", 600))
+    except Exception:  # a constructor of another version
+        return lambda: None
+    shared.watcher = quiet
+    _SACCT_NOTE.quiet = True
+
+    def restore() -> None:
+        if shared.watcher is quiet:
+            shared.watcher = original
+        _SACCT_NOTE.quiet = False
+
+    return restore
 
 
 def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> int:
@@ -191,6 +241,7 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     _SACCT_NOTE.noted = False  # once per command
     logging.getLogger("submitit").addFilter(_SACCT_NOTE)
+    unquiet_sacct = _quiet_sacct_polls()
     # Let Hydra's errors reach us as exceptions (it would otherwise print its own report and exit 1).
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv = ["nitro" if args[:1] in (["-sc"], ["--shell-completion"]) else f"nitro {command}", *args]
@@ -210,6 +261,8 @@ def _run_hydra_app(command: str, main: Callable[[], None], args: list[str]) -> i
         if message is None:
             raise
         return _fail(message)
+    finally:
+        unquiet_sacct()
     return 0
 
 
