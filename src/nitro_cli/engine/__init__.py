@@ -23,6 +23,7 @@ from .kernels import (
     trunc_div,
 )
 from .rng import STREAMS, RngStreams
+from .timing import ProductRecord, labelled, trace_products
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +31,7 @@ __all__ = [
     "BackendUnavailable",
     "GemmPlan",
     "IntegerOverflowError",
+    "ProductRecord",
     "RngStreams",
     "array_module",
     "checked_cast",
@@ -43,6 +45,7 @@ __all__ = [
     "keep_freed_memory",
     "get_backend",
     "isqrt",
+    "labelled",
     "matmul",
     "matmul_exact",
     "matmul_scaled",
@@ -50,6 +53,7 @@ __all__ = [
     "saturate",
     "sgd_update",
     "to_host",
+    "trace_products",
     "trunc_div",
 ]
 

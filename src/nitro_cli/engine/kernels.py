@@ -5,7 +5,8 @@ dot product of integers is bounded by K * max|a| * max|b|, so float32 is exact b
 2^53 (integers up to those bounds are representable, whatever the summation order). A product too large for
 float32 as a whole may still run in float32 in slices of the inner dimension, each below 2^24, summed in
 float64. Past 2^53 the kernels fall back to NumPy's int64 product, and past 2^63 they raise instead of
-wrapping.
+wrapping. On the CPU, a product with an int8 operand may instead run as a few exact 8-bit GEMMs, one per
+7-bit limb of the other operand (`int8gemm`), where that is cheaper than the float path.
 
 Division of such an exact float result y by an integer s (|y|, s < 2^p with p the float's precision) then
 truncates exactly: the rounding error of y / s is below |y / s| * 2^-p < 1 / s, while y / s is at least 1 / s
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import int8gemm, timing
 from .backend import array_module
 from .host import cpu_threads
 
@@ -32,6 +35,12 @@ INT64_LIMIT = 2**63
 IM2COL_CHUNK_ELEMENTS = 2**24
 # Below this many inner-dimension terms per float32 slice, slicing costs more than float64 saves.
 MIN_FLOAT32_SLICE = 256
+# Relative cost of one multiply-add on each exact path, from one-thread GEMM rates measured on this project's
+# AVX-512 VNNI machine (scripts/bench.py --gemm-rates): u8 x s8 170-360 GOP/s per limb, float32 80-96 GFLOP/s,
+# float64 35-48 GFLOP/s. An int8 product of L limbs costs L.
+PATH_COST = {"int8": 1.0, "float32": 2.5, "float64": 5.5, "int64": 50.0}
+# The widest operand the int8 path splits: 5 limbs hold any int32 (|v| < 1.7e10).
+MAX_LIMBS = 5
 # sgd_update works through NumPy arrays in chunks of this many elements (float64 temporaries of 512 KiB).
 SGD_CHUNK_ELEMENTS = 2**16
 
@@ -192,43 +201,103 @@ def isqrt(n: int) -> int:
 
 @dataclass(frozen=True)
 class GemmPlan:
-    """How to compute one exact product: `dtype` of the BLAS call and the inner-dimension slice length."""
+    """How to compute one exact product: `dtype` of the GEMM and the inner-dimension slice length; for the
+    int8 path, also which operand is the int8 one, how many limbs the other takes, and whether the limbs
+    recombine exactly in float64."""
 
-    dtype: str  # "float32", "float64" or "int64"
+    dtype: str  # "int8", "float32", "float64" or "int64"
     k_slice: int
+    int8_side: str = ""  # "left" or "right"
+    limbs: int = 0
+    exact_float: bool = True
+    k: int = 0  # the product's inner size, for `path`
 
     @property
     def accumulator(self) -> Any:
         """The dtype holding the exact result (float32 slices are summed in float64)."""
+        if self.dtype == "int8":
+            return np.float64 if self.exact_float else np.int64
         return {"float32": np.float32, "float64": np.float64, "int64": np.int64}[self.dtype]
 
+    @property
+    def operand(self) -> Any:
+        """The dtype im2col builds its columns in for this plan."""
+        return np.int8 if self.dtype == "int8" else np.int64 if self.dtype == "int64" else self.accumulator
 
-def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True) -> GemmPlan:
-    """The fastest exact path for a product with inner size k and operand bounds amax, bmax."""
+    @property
+    def path(self) -> str:
+        """float32, float32-sliced, float64, int64 or int8xL (L limbs)."""
+        if self.dtype == "int8":
+            return f"int8x{self.limbs}"
+        return "float32-sliced" if self.dtype == "float32" and self.k_slice < self.k else self.dtype
+
+
+def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True, int8_side: str = "") -> GemmPlan:
+    """The cheapest exact path for a product with inner size k and operand bounds amax, bmax.
+
+    `int8_side` ("left" or "right") names an int8 operand, which allows the int8 limb path (NumPy arrays
+    only; see `int8_operand_side`)."""
     bound = k * amax * bmax
     if bound < FLOAT32_EXACT:
-        return GemmPlan("float32", max(k, 1))
-    if bound < FLOAT64_EXACT:
+        plan = GemmPlan("float32", max(k, 1), k=k)
+    elif bound < FLOAT64_EXACT:
         k_slice = (FLOAT32_EXACT - 1) // (amax * bmax)
-        if allow_slices and k_slice >= MIN_FLOAT32_SLICE:
-            return GemmPlan("float32", k_slice)
-        return GemmPlan("float64", k)
-    if bound < INT64_LIMIT:
-        return GemmPlan("int64", k)
-    raise IntegerOverflowError(
-        f"integer product overflows int64: inner size {k} x max|a| {amax} x max|b| {bmax} = {bound} >= 2^63"
-    )
+        plan = GemmPlan("float32", k_slice, k=k) if allow_slices and k_slice >= MIN_FLOAT32_SLICE else \
+            GemmPlan("float64", k, k=k)
+    elif bound < INT64_LIMIT:
+        plan = GemmPlan("int64", k, k=k)
+    else:
+        raise IntegerOverflowError(f"integer product overflows int64: inner size {k} x max|a| {amax} x "
+                                   f"max|b| {bmax} = {bound} >= 2^63")
+    if int8_side:
+        limbs = int8gemm.limbs_needed(bmax if int8_side == "left" else amax)
+        if limbs <= MAX_LIMBS and limbs * PATH_COST["int8"] < PATH_COST[plan.dtype]:
+            return GemmPlan("int8", k, int8_side, limbs, int8gemm.float_combination_exact(k, amax, bmax), k=k)
+    return plan
 
 
-def gemm_path(k: int, amax: int, bmax: int) -> str:
-    """Name of the plan's path, for tests and benchmarks: float32, float32-sliced, float64 or int64."""
-    plan = gemm_plan(k, amax, bmax)
-    return "float32-sliced" if plan.dtype == "float32" and plan.k_slice < k else plan.dtype
+def gemm_path(k: int, amax: int, bmax: int, int8_side: str = "") -> str:
+    """The plan's path, for tests and benchmarks: int8xL, float32, float32-sliced, float64 or int64."""
+    return gemm_plan(k, amax, bmax, int8_side=int8_side).path
+
+
+def int8_operand_side(a: Any, b: Any) -> str:
+    """"left" or "right" when that operand is int8 and the int8 limb path can run here (NumPy arrays with
+    ONNX Runtime installed, not disabled by NITRO_INT8_GEMM=0), else ""."""
+    if not isinstance(a, np.ndarray) or not _int8_enabled():
+        return ""
+    if a.dtype == np.int8:
+        return "left"
+    return "right" if b.dtype == np.int8 else ""
+
+
+def _int8_enabled() -> bool:
+    global _INT8_ENABLED
+    if _INT8_ENABLED is None:
+        _INT8_ENABLED = os.environ.get("NITRO_INT8_GEMM", "1") != "0" and int8gemm.available()
+    return _INT8_ENABLED
+
+
+_INT8_ENABLED: bool | None = None
 
 
 def _gemm(a: Any, b: Any, plan: GemmPlan) -> Any:
     """a @ b as exact integers held in plan.accumulator (float32, float64 or int64)."""
+    if not timing.tracing():
+        return _gemm_untimed(a, b, plan)
+    started = time.perf_counter()
+    out = _gemm_untimed(a, b, plan)
+    if array_module(out) is not np:
+        array_module(out).cuda.get_current_stream().synchronize()  # time the kernels, not their launch
+    timing.record(plan.path, a.shape[0], a.shape[1], b.shape[1], started)
+    return out
+
+
+def _gemm_untimed(a: Any, b: Any, plan: GemmPlan) -> Any:
     xp = array_module(a)
+    if plan.dtype == "int8":
+        run = int8gemm.matmul_int8_left if plan.int8_side == "left" else int8gemm.matmul_int8_right
+        return run(a, b, plan.limbs, plan.exact_float, cpu_threads())
     if plan.dtype == "int64":
         return xp.matmul(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False))
     dtype = np.float32 if plan.dtype == "float32" else np.float64
@@ -266,7 +335,7 @@ def matmul_exact(a: Any, b: Any) -> Any:
     """Exact integer matrix product `a @ b`, left in the accumulator of its plan: float32 or float64 arrays
     then hold exact integers (below 2^24 or 2^53), ready for an exact division without a cast to int64."""
     _check_matmul(a, b)
-    return _gemm(a, b, gemm_plan(a.shape[1], operand_bound(a), operand_bound(b)))
+    return _gemm(a, b, _plan_for(a, b))
 
 
 def matmul(a: Any, b: Any) -> Any:
@@ -277,8 +346,11 @@ def matmul(a: Any, b: Any) -> Any:
 def matmul_scaled(a: Any, b: Any, divisor: int, lo: int = -127, hi: int = 127) -> Any:
     """clip(trunc((a @ b) / divisor), lo, hi) as int8, without materializing the int64 product."""
     _check_matmul(a, b)
-    plan = gemm_plan(a.shape[1], operand_bound(a), operand_bound(b))
-    return _scale_exact(_gemm(a, b, plan), divisor, lo, hi)
+    return _scale_exact(_gemm(a, b, _plan_for(a, b)), divisor, lo, hi)
+
+
+def _plan_for(a: Any, b: Any) -> GemmPlan:
+    return gemm_plan(a.shape[1], operand_bound(a), operand_bound(b), int8_side=int8_operand_side(a, b))
 
 
 def _im2col(x_nhwc: Any, kh: int, kw: int, padding: int, dtype: Any) -> Any:
@@ -317,13 +389,12 @@ def _conv_forward(x_nhwc: Any, w: Any, padding: int, finish: Any, out_dtype: Any
     n, c = x_nhwc.shape[0], x_nhwc.shape[3]
     o, _, kh, kw = w.shape
     k = c * kh * kw
-    plan = gemm_plan(k, operand_bound(x_nhwc), operand_bound(w))
+    plan = gemm_plan(k, operand_bound(x_nhwc), operand_bound(w), int8_side=int8_operand_side(x_nhwc, w))
     wmat = w.transpose(2, 3, 1, 0).reshape(k, o)  # (i, j, c) rows, matching the columns
-    gemm_dtype = np.int64 if plan.dtype == "int64" else plan.accumulator
     out = xp.empty((n, out_h, out_w, o), dtype=out_dtype)
     step = _batch_step(out_h * out_w * k)
     for start in range(0, n, step):
-        cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, gemm_dtype)
+        cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
         out[start : start + step] = finish(_gemm(cols, wmat, plan)).reshape(-1, out_h, out_w, o)
     return out
 
@@ -362,14 +433,14 @@ def conv2d_weight_grad_nhwc(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, int
     xp = array_module(x_nhwc)
     o = delta_nhwc.shape[3]
     # The batch chunks slice the inner dimension; their sum stays exact in the accumulator.
-    plan = gemm_plan(n * out_h * out_w, operand_bound(x_nhwc), operand_bound(delta_nhwc),
-                     allow_slices=False)
+    plan = gemm_plan(n * out_h * out_w, operand_bound(delta_nhwc), operand_bound(x_nhwc),
+                     allow_slices=False, int8_side=int8_operand_side(delta_nhwc, x_nhwc))
     dtype = plan.accumulator
     grad = xp.zeros((o, kh * kw * c), dtype=dtype)
     step = _batch_step(out_h * out_w * kh * kw * c)
     for start in range(0, n, step):
-        cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, dtype)
-        grad += xp.matmul(delta_nhwc[start : start + step].reshape(-1, o).astype(dtype).T, cols)
+        cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
+        grad += _gemm(delta_nhwc[start : start + step].reshape(-1, o).T, cols, plan)
     return grad.astype(np.int64).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
 
 
