@@ -27,6 +27,14 @@ from nitro_cli.engine import (
 )
 
 
+@pytest.fixture(autouse=True, params=[False, True], ids=["float-paths", "int8-paths"])
+def int8_path(request, monkeypatch):
+    """Every kernel test runs twice: on the float/int64 paths alone, and with the int8 limb path allowed."""
+    if request.param and not kernels.int8gemm.available():
+        pytest.skip("onnxruntime is not installed")
+    monkeypatch.setattr(kernels, "_INT8_ENABLED", request.param)
+
+
 def ref_trunc_div(a: int, b: int) -> int:
     q = abs(a) // abs(b)
     return q if (a < 0) == (b < 0) else -q

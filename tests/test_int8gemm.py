@@ -1,0 +1,183 @@
+"""The exact int8 limb GEMMs (engine/int8gemm.py) against Python-int references, at the limits of every limb
+count, across K slices, and the choice between them and the float paths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nitro_cli.engine import (
+    conv2d_nhwc,
+    conv2d_weight_grad_nhwc,
+    gemm_plan,
+    int8gemm,
+    kernels,
+    labelled,
+    matmul,
+    matmul_exact,
+    matmul_scaled,
+    trace_products,
+)
+from nitro_cli.nn import build_model
+from nitro_cli.optim import IntegerSGD
+
+pytestmark = pytest.mark.skipif(not int8gemm.available(), reason="onnxruntime is not installed")
+LIMB_COUNTS = range(1, kernels.MAX_LIMBS + 1)
+
+
+def ref_matmul(a: np.ndarray, b: np.ndarray) -> list:
+    """Python-int product: exact at any size."""
+    return (a.astype(object) @ b.astype(object)).tolist()
+
+
+def extreme_operand(rng: np.random.Generator, shape: tuple[int, int], bound: int) -> np.ndarray:
+    """Random values in [-bound, bound] with both limits and their neighbours present."""
+    v = rng.integers(-bound, bound, size=shape, endpoint=True, dtype=np.int64)
+    flat = v.reshape(-1)
+    flat[:6] = [bound, -bound, bound - 1, -bound + 1, 0, -1]
+    return v
+
+
+@pytest.fixture
+def int8_on(monkeypatch):
+    monkeypatch.setattr(kernels, "_INT8_ENABLED", True)
+
+
+@pytest.fixture
+def int8_off(monkeypatch):
+    monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
+
+
+@pytest.mark.parametrize("limbs", LIMB_COUNTS)
+def test_split_limbs_round_trips_at_the_capacity_of_every_limb_count(limbs):
+    cap = int8gemm.limb_capacity(limbs)
+    v = extreme_operand(np.random.default_rng(limbs), (9, 11), cap)
+    digits = int8gemm.split_limbs(v, limbs)
+    assert digits.dtype == np.int8 and digits.min() >= -64 and digits.max() <= 63
+    back = sum(digits[i].astype(object) * 128**i for i in range(limbs))
+    assert back.tolist() == v.tolist()
+    assert int8gemm.limbs_needed(cap) == limbs and int8gemm.limbs_needed(cap + 1) == limbs + 1
+    lowest = -64 * (128**limbs - 1) // 127  # every digit -64: the negative side reaches a little further
+    assert int8gemm.split_limbs(np.array([lowest]), limbs).tolist() == [[-64]] * limbs
+    for too_big in (cap + 1, lowest - 1):
+        with pytest.raises(ValueError, match=f"do not fit {limbs} limbs"):
+            int8gemm.split_limbs(np.array([[0, too_big]]), limbs)
+
+
+@pytest.mark.parametrize("limbs", LIMB_COUNTS)
+@pytest.mark.parametrize("exact_float", [True, False])
+def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_float):
+    rng = np.random.default_rng(100 + limbs)
+    cap = int8gemm.limb_capacity(limbs)
+    x = extreme_operand(rng, (13, 37), 127).astype(np.int8)
+    x[0, :] = -128  # the most negative int8, shifted to uint8 0
+    x[1, :] = 127
+    w = extreme_operand(rng, (37, 6), cap)
+    w[:, 0], w[:, 1] = cap, -cap
+    got = int8gemm.matmul_int8_left(x, w, limbs, exact_float, threads=1)
+    assert got.dtype == (np.float64 if exact_float else np.int64)
+    assert got.astype(object).tolist() == ref_matmul(x, w)
+    e = extreme_operand(rng, (6, 37), cap)
+    got = int8gemm.matmul_int8_right(e, x.T.copy(), limbs, exact_float, threads=2)
+    assert got.astype(object).tolist() == ref_matmul(e, x.T)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side):
+    """Slices of MAX_K terms, summed wider; and at the real MAX_K the worst-case sum still fits int32."""
+    monkeypatch.setattr(int8gemm, "MAX_K", 16)
+    rng = np.random.default_rng(7)
+    x = extreme_operand(rng, (5, 50), 127).astype(np.int8)
+    w = extreme_operand(rng, (50, 4), int8gemm.limb_capacity(3))
+    if side == "left":
+        assert int8gemm.matmul_int8_left(x, w, 3, True, 1).astype(object).tolist() == ref_matmul(x, w)
+    else:
+        got = int8gemm.matmul_int8_right(w.T.copy(), x.T.copy(), 3, True, 1)
+        assert got.astype(object).tolist() == ref_matmul(w.T, x.T)
+    monkeypatch.undo()
+    k = int8gemm.MAX_K
+    worst_x = np.full((2, k), 127, dtype=np.int8)
+    worst_x[1] = -128
+    worst_w = np.full((k, 2), -64, dtype=np.int64)
+    worst_w[:, 1] = 63
+    assert int8gemm.matmul_int8_left(worst_x, worst_w, 1, True, 1).tolist() == ref_matmul(worst_x, worst_w)
+    got = int8gemm.matmul_int8_right(worst_w.T.copy(), worst_x.T.copy(), 1, True, 1)
+    assert got.tolist() == ref_matmul(worst_w.T, worst_x.T)
+
+
+def test_plan_takes_the_int8_path_by_cost_and_falls_back_past_its_bounds():
+    assert gemm_plan(1152, 128, 60, int8_side="left").path == "int8x1"
+    assert gemm_plan(1152, 128, 5000, int8_side="left").path == "int8x2"
+    assert gemm_plan(50176, 20_000, 128, allow_slices=False, int8_side="right").path == "int8x3"
+    # float32 (cost 2.5) beats three limbs; float64 (5.5) does not.
+    assert gemm_plan(1, 128, 100_000, int8_side="left").path == "float32"
+    assert gemm_plan(10_000, 128, 100_000, int8_side="left").path == "int8x3"
+    # Too wide for MAX_LIMBS digits: the float or int64 path, never a wrapped limb.
+    wide = int8gemm.limb_capacity(kernels.MAX_LIMBS) + 1
+    assert gemm_plan(4, 128, wide, int8_side="left").path == "float64"
+    assert gemm_plan(2**20, 128, wide, int8_side="left").path == "int64"
+    assert gemm_plan(1152, 128, 60).path == "float32"  # no int8 operand: no int8 path
+
+
+def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on):
+    rng = np.random.default_rng(3)
+    x = extreme_operand(rng, (3, 2**16), 127).astype(np.int8)
+    x[:, :] = -128
+    w = extreme_operand(rng, (2**16, 2), 2**31 - 1).astype(np.int32)  # bound 2^16 * 2^7 * 2^31 > 2^53
+    w[:, 0] = -(2**31) + 1
+    plan = gemm_plan(2**16, 128, 2**31 - 1, int8_side="left")
+    assert plan.path == "int8x5" and not plan.exact_float
+    assert matmul(x, w).tolist() == ref_matmul(x, w)
+
+
+@pytest.mark.parametrize("wmax", [50, 3000, 400_000, 2**31 - 1])
+def test_kernels_match_the_reference_with_and_without_the_int8_path(monkeypatch, wmax):
+    rng = np.random.default_rng(wmax % 1000)
+    x = extreme_operand(rng, (4 * 6 * 5, 7), 127).astype(np.int8).reshape(4, 6, 5, 7)
+    w = extreme_operand(rng, (9 * 7, 3), wmax).astype(np.int32).reshape(3, 7, 3, 3)
+    delta = extreme_operand(rng, (4 * 6 * 5, 3), 3 * wmax).reshape(4, 6, 5, 3)
+    a = extreme_operand(rng, (5, 30), 127).astype(np.int8)
+    b = extreme_operand(rng, (30, 4), wmax).astype(np.int32)
+    results = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(kernels, "_INT8_ENABLED", enabled)
+        with trace_products() as records:
+            results[enabled] = [conv2d_nhwc(x, w).tolist(), conv2d_weight_grad_nhwc(x, delta).tolist(),
+                                matmul(a, b).tolist(), matmul_exact(b.T.copy(), a.T.copy()).tolist(),
+                                matmul_scaled(a, b, 256 * 30 + 1).tolist()]
+        assert any(r.path.startswith("int8") for r in records) == enabled
+    assert results[True] == results[False]
+    assert results[True][2] == ref_matmul(a, b)
+
+
+def train_reduced_vgg(steps: int, grow: int) -> tuple[dict, set]:
+    """A reduced VGG8B (channels / 8) trained `steps` batches of the embedded MNIST from initial weights
+    multiplied by `grow` (a grown state: more limbs). Returns its parameters and the paths taken."""
+    from nitro_cli.data import fit_normalizer, load_dataset, one_hot
+
+    raw = load_dataset("mnist_mini")
+    x = fit_normalizer(raw.train_x).apply(raw.train_x[: steps * 32])
+    y = raw.train_y[: steps * 32].astype(np.int64)
+    model = build_model("vgg8b", (1, 28, 28), 10, hidden=[128], features=[16, 32, "M", 32, 64, "M", 64, "M",
+                        64, "M"], decoder_dim=512, seed_rng=np.random.default_rng(0))
+    for layer in model.layers():
+        layer.weight = layer.weight * np.int32(grow)
+    opt = IntegerSGD(lr_inv=512, fwd_decay_inv=30000, subnet_decay_inv=3000, amp=640)
+    with trace_products() as records, labelled("train"):
+        for s in range(steps):
+            batch = slice(s * 32, (s + 1) * 32)
+            model.train_step(x[batch], one_hot(y[batch], 10), y[batch], opt, np.random.default_rng(s))
+    return model.state_dict(), {r.path for r in records}
+
+
+@pytest.mark.parametrize("grow", [1, 300])
+def test_training_gives_identical_parameters_on_the_int8_and_float_paths(monkeypatch, grow):
+    monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
+    float_params, float_paths = train_reduced_vgg(6, grow)
+    monkeypatch.setattr(kernels, "_INT8_ENABLED", True)
+    int8_params, int8_paths = train_reduced_vgg(6, grow)
+    assert not any(p.startswith("int8") for p in float_paths)
+    assert {"int8x1", "int8x2"} & int8_paths if grow == 1 else {"int8x3", "int8x4"} & int8_paths
+    assert float_params.keys() == int8_params.keys()
+    for key, value in float_params.items():
+        assert np.array_equal(value, int8_params[key]), key
