@@ -27,7 +27,8 @@ from conftest import (
     pickled_checkpoint,
     real_data_root,
 )
-from nitro_cli.runner import load_checkpoint, save_checkpoint
+from nitro_cli.data import Normalizer, load_dataset
+from nitro_cli.runner import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 SUMMARY_KEYS = {"experiment", "trainer", "seed", "status", "epochs_run", "test_accuracy",
                 "best_test_accuracy", "best_epoch", "val_accuracy", "wall_seconds", "samples_per_s", "model",
@@ -164,6 +165,10 @@ def test_a_sweep_with_a_bad_job_is_refused_before_any_job_runs(nitro, tmp_path: 
         (["train", "resume={run}/checkpoints/last.npz", "trainer.max_epochs=0"], ["trainer.max_epochs"]),
         (["eval", "ckpt={run}/checkpoints/last.npz", "data=cifar10"], ["cifar10 has 3x32x32"]),
         (["train", "trainer.batch_size=-1"], ["trainer.batch_size", "-1"]),
+        (["train", "trainer.limit_train_batches=0"], ["trainer.limit_train_batches must be >= 1, got 0"]),
+        (["train", "trainer.limit_test_batches=abc"], ["trainer.limit_test_batches must be an integer"]),
+        (["train", "resume={run}/checkpoints/last.npz", "trainer.limit_train_batches=1.5"],
+         ["trainer.limit_train_batches must be an integer or null, got 1.5"]),
         (["train", "data=mnist", "data.root=/nonexistent"], ["/nonexistent", "nitro data fetch mnist"]),
         (["eval", "ckpt=README.md"], ["README.md", "not an .npz archive"]),
         (["train", "experiment=paper/nope"], ["paper/mlp1_mnist"]),
@@ -367,6 +372,49 @@ def test_resume_may_extend_the_run_but_not_change_it(tiny_run: Path, nitro, tmp_
     assert summary["epochs_run"] == 3 and summary["status"] == "completed"
     cfg = yaml.safe_load((tmp_path / "c/.hydra/config.yaml").read_text())
     assert cfg["model"]["hidden"] == [32] and cfg["trainer"]["max_epochs"] == 3
+
+
+def test_limit_train_batches_trains_exactly_n_batches_and_may_change_on_resume(nitro, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = nitro("train", *TINY, "trainer.limit_train_batches=3", "trainer.limit_test_batches=2",
+                f"hydra.run.dir={run}")
+    assert res.returncode == 0, res.stderr
+    state = load_checkpoint(run / "checkpoints/last.npz").state
+    assert state["samples"] == 3 * 64 and state["epoch"] == 1
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["samples_per_s"] == round(state["samples"] / state["train_seconds"], 1)
+    (row,) = csv.DictReader((run / "metrics.csv").open())
+    ckpt = load_checkpoint(run / "checkpoints/last.npz")  # scored: the first 2 batches of 64 of each split
+    raw, norm = load_dataset("mnist_mini"), Normalizer.from_state_dict(ckpt.section("norm/", strip=True))
+    first = model_from_checkpoint(ckpt).evaluate(norm.apply(raw.test_x[:128]), raw.test_y[:128]).accuracy
+    assert float(row["test_acc"]) == first and (float(row["val_acc"]) * 128).is_integer(), row
+    assert "limited epochs: 3 training batches, 2 test/val batches" in (run / "train.log").read_text()
+    last = run / "checkpoints/last.npz"
+    res = nitro("train", f"resume={last}", f"hydra.run.dir={run}", "trainer.max_epochs=2",
+                "trainer.limit_train_batches=2")
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(last).state["samples"] == 5 * 64
+    res = nitro("train", f"resume={last}", f"hydra.run.dir={run}", "trainer.max_epochs=3",
+                "trainer.limit_train_batches=null", "trainer.limit_test_batches=null")
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(last).state["samples"] == 5 * 64 + 9000 // 64 * 64  # then a whole epoch
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"] and (float(rows[2]["val_acc"]) * 1000).is_integer()
+
+
+def test_a_checkpoint_written_before_the_limits_existed_resumes_and_evaluates(tiny_ckpt: Path, tmp_path: Path,
+                                                                              nitro) -> None:
+    ckpt = load_checkpoint(tiny_ckpt)
+    trainer = ckpt.state["config"]["trainer"]
+    assert (trainer.pop("limit_train_batches"), trainer.pop("limit_test_batches")) == (None, None)
+    old = tmp_path / "old.npz"
+    save_checkpoint(old, ckpt.arrays, ckpt.state)
+    res = nitro("eval", f"ckpt={old}", f"hydra.run.dir={tmp_path / 'ev'}")
+    assert res.returncode == 0, res.stderr
+    res = nitro("train", f"resume={old}", "trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.returncode == 0, res.stderr
+    cfg = yaml.safe_load((tmp_path / "run/.hydra/config.yaml").read_text())
+    assert cfg["trainer"]["limit_train_batches"] is None and cfg["trainer"]["limit_test_batches"] is None
 
 
 def test_a_new_run_never_overwrites_another_runs_checkpoints(tiny_run: Path, tmp_path: Path, nitro) -> None:

@@ -21,7 +21,14 @@ from nitro_cli.cli import user_error_message
 from nitro_cli.data import DATASETS
 from nitro_cli.errors import NitroError
 from nitro_cli.optim import sgd as sgd_module
-from nitro_cli.runner import build_network, build_optimizer, fit, load_checkpoint, validate_train_config
+from nitro_cli.runner import (
+    build_network,
+    build_optimizer,
+    experiment_group,
+    fit,
+    load_checkpoint,
+    validate_train_config,
+)
 from nitro_cli.runner import loop as loop_module
 from nitro_cli.runner import progress as progress_module
 from nitro_cli.runner.config import TRAIN_SCHEMA
@@ -150,6 +157,16 @@ def test_fuzzed_overrides_give_a_valid_config_or_a_clean_error(key: str, value: 
 
 
 TINY_CFG = ("model.hidden=[16]", "trainer.max_epochs=2", "engine=numpy", "trainer.progress=none")
+
+
+def test_the_limits_at_their_default_leave_the_experiment_identity_as_it_was() -> None:
+    cfg = validate_train_config(composed("experiment=paper/vgg8b_mnist"))
+    older = json.loads(json.dumps(cfg))  # as a run config written before the limits existed
+    del older["trainer"]["limit_train_batches"], older["trainer"]["limit_test_batches"]
+    assert validate_train_config(older) == cfg
+    assert experiment_group(older) == experiment_group(cfg)
+    limited = validate_train_config(composed("experiment=paper/vgg8b_mnist", "trainer.limit_test_batches=2"))
+    assert experiment_group(limited) != experiment_group(cfg)
 
 
 def test_fit_as_a_library_writes_every_output(tmp_path: Path) -> None:

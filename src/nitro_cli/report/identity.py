@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..runner.config import with_added_keys
 from .paper import PaperRow, paper_row
 
 # Keys that do not make a run another experiment. trainer.max_epochs is shown as the budget instead.
@@ -96,9 +97,9 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def _with_legacy_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """`cfg` with the keys added since it was written, set to what the nitro that wrote it did: exact
-    arithmetic, no feature-extractor dropout, and the conv amp multiplier on (it was always applied to conv
-    blocks before it became a switch; MLPs have none)."""
-    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+    arithmetic, no feature-extractor dropout, the conv amp multiplier on (it was always applied to conv
+    blocks before it became a switch; MLPs have none) and the runner's own ADDED_KEYS (whole epochs)."""
+    out = with_added_keys(cfg)
     out.setdefault("compat", dict(_EXACT_COMPAT))
     model, optimizer = out.get("model"), out.get("optimizer")
     if isinstance(model, dict):

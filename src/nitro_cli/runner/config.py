@@ -147,8 +147,26 @@ TRAIN_SCHEMA: Schema = {
         "test_drop_last": _bool,
         "eval_batch_size": _int(1, 1 << 20),
         "progress": _choice("auto", "rich", "plain", "none"),
+        "limit_train_batches": _int(1, optional=True),
+        "limit_test_batches": _int(1, optional=True),
     },
 }
+
+# Keys added after runs were already written, with the value that means what the older nitro did: a run
+# config without them (an older checkpoint, or .hydra/config.yaml) reads as if they held that value, and
+# at that value they leave the experiment identity (`experiment_group`) as it was.
+ADDED_KEYS: dict[tuple[str, str], Any] = {("trainer", "limit_train_batches"): None,
+                                          ("trainer", "limit_test_batches"): None}
+
+
+def with_added_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow copy of a run config with every key of ADDED_KEYS it lacks set to its old meaning."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
+    for (section, key), value in ADDED_KEYS.items():
+        if isinstance(out.get(section), dict):
+            out[section].setdefault(key, value)
+    return out
+
 
 EVAL_SCHEMA: Schema = {
     "ckpt": _str(optional=True),
@@ -188,7 +206,7 @@ def _validate(cfg: Any, schema: Schema, where: str) -> dict[str, Any]:
 
 def validate_train_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """A checked plain-dict copy of a training config; raises NitroError naming the first bad key."""
-    out = _validate(cfg, TRAIN_SCHEMA, "")
+    out = _validate(with_added_keys(cfg) if isinstance(cfg, Mapping) else cfg, TRAIN_SCHEMA, "")
     t = out["trainer"]
     if t["monitor"] == "val" and t["val_fraction"] == 0:
         raise NitroError("trainer.monitor=val needs a validation split: set trainer.val_fraction > 0 "
@@ -230,7 +248,8 @@ def experiment_group(cfg: Mapping[str, Any]) -> str:
     def strip(node: Any, path: tuple[str, ...]) -> Any:
         if isinstance(node, Mapping):
             return {k: strip(v, (*path, k)) for k, v in sorted(node.items())
-                    if (*path, k) not in _NOT_IDENTITY}
+                    if (*path, k) not in _NOT_IDENTITY
+                    and not ((*path, k) in ADDED_KEYS and v == ADDED_KEYS[(*path, k)])}
         return node
 
     blob = json.dumps(strip(cfg, ()), sort_keys=True, separators=(",", ":"))

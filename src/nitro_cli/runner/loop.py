@@ -39,7 +39,8 @@ Summary = dict[str, Any]
 LOG = "nitro_cli.runner"
 # Keys a resumed run may change; everything else must match the checkpoint's config.
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.progress", "trainer.eval_batch_size", "engine.backend",
-                     "engine", "data.root", "resume")
+                     "engine", "data.root", "resume", "trainer.limit_train_batches",
+                     "trainer.limit_test_batches")
 
 
 class TrainingInterrupted(BaseException):
@@ -350,9 +351,14 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
     bs = t["batch_size"]
     n_train = len(data.train_y)
     n_batches = n_train // bs if t["drop_last"] else math.ceil(n_train / bs)
+    if t["limit_train_batches"] is not None:
+        n_batches = min(n_batches, t["limit_train_batches"])
     log.info(f"run dir {run.run_dir}: {cfg['model']['preset']} ({model.num_parameters:,} parameters) on "
              f"{d['name']} [{n_train} train, {0 if data.val_y is None else len(data.val_y)} val, "
              f"{len(data.test_y)} test], trainer={t['name']}, seed={cfg['seed']}, engine={xp.__name__}")
+    if t["limit_train_batches"] is not None or t["limit_test_batches"] is not None:
+        log.info(f"limited epochs: {n_batches} training batches, "
+                 f"{'all' if t['limit_test_batches'] is None else t['limit_test_batches']} test/val batches")
     last_epoch = t["max_epochs"]
     done = _nothing_to_train(run.epoch, position, early, last_epoch) if resume is not None else None
     if done is not None:
@@ -420,10 +426,12 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
     """Evaluate, decide (best, plateau, early stop), then persist: last.npz, a metrics row, summary.json."""
     t = run.cfg["trainer"]
     started = time.monotonic()
+    # limit_test_batches: only the first that many batches of batch_size images of each split
+    n = None if t["limit_test_batches"] is None else t["limit_test_batches"] * t["batch_size"]
     val_acc = None
     if data.val_x is not None:
-        val_acc = model.evaluate(data.val_x, data.val_y, t["eval_batch_size"]).accuracy
-    test = model.evaluate(data.test_x, data.test_y, t["eval_batch_size"])
+        val_acc = model.evaluate(data.val_x[:n], data.val_y[:n], t["eval_batch_size"]).accuracy
+    test = model.evaluate(data.test_x[:n], data.test_y[:n], t["eval_batch_size"])
     monitored = val_acc if t["monitor"] == "val" else test.accuracy
     assert monitored is not None
     lr_inv = opt.lr_inv  # the value this epoch trained with
