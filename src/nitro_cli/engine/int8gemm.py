@@ -50,8 +50,9 @@ def limbs_needed(bound: int) -> int:
     return limbs
 
 
-def split_limbs(v: np.ndarray, limbs: int) -> np.ndarray:
-    """Balanced base-128 digits of v as int8 [limbs, *v.shape] (least significant first), C-contiguous.
+def split_limbs(v: np.ndarray, limbs: int, axis: int = 0) -> np.ndarray:
+    """Balanced base-128 digits of v as int8, least significant first, stacked on a new `axis` of a
+    C-contiguous array ([limbs, *v.shape] by default; axis=1 lays a matrix's digits out as [K, limbs, N]).
 
     The top digit is what remains after the others; it is checked to lie in [-64, 63], so a v too large
     for `limbs` digits raises ValueError instead of losing its high part.
@@ -61,18 +62,21 @@ def split_limbs(v: np.ndarray, limbs: int) -> np.ndarray:
     if wide is np.int32 and v.dtype.itemsize > 4 and v.size and max(-int(v.min()), int(v.max())) >= 2**30:
         wide = np.int64
     rest = np.array(v, dtype=wide, order="C")  # a copy: the loop works in place
-    out = np.empty((limbs, *v.shape), dtype=np.int8)
+    shape = list(v.shape)
+    shape.insert(axis, limbs)
+    out = np.empty(shape, dtype=np.int8)
+    digits = np.moveaxis(out, axis, 0)  # a view: digits[i] writes the i-th limb in place
     digit = np.empty_like(rest)
     for i in range(limbs - 1):
         np.subtract(rest, LIMB_LOW, out=digit)
         np.bitwise_and(digit, LIMB_BASE - 1, out=digit)
         digit += LIMB_LOW
-        out[i] = digit
+        digits[i] = digit
         rest -= digit
         rest >>= LIMB_BITS  # exact: rest is now a multiple of 128
     if rest.size and (int(rest.min()) < LIMB_LOW or int(rest.max()) > LIMB_HIGH):
         raise ValueError(f"values up to {int(np.abs(v).max())} do not fit {limbs} limbs")
-    out[limbs - 1] = rest
+    digits[limbs - 1] = rest
     return out
 
 
@@ -134,15 +138,21 @@ def float_combination_exact(k: int, amax: int, bmax: int) -> bool:
     return k * (amax + LIMB_BASE) * (bmax + LIMB_BASE) < FLOAT64_EXACT
 
 
+def shift_int8(a: np.ndarray) -> np.ndarray:
+    """a + 128 as uint8 (the int8 operand as MatMulInteger takes it, zero point 128): the sign bit flipped."""
+    return a.view(np.uint8) ^ np.uint8(0x80)
+
+
 def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool,
                      threads: int) -> np.ndarray:
-    """a @ b for int8 a [M, K] and any integer b [K, N] that fits `limbs` digits.
+    """a @ b for int8 a [M, K] and any integer b [K, N] that fits `limbs` digits. `a` may also be given
+    already shifted, as the uint8 array shift_int8(a) (im2col builds its columns that way, saving a pass).
 
     The limbs of b sit side by side, [K, limbs * N], so all of them take one GEMM.
     """
     k, n = b.shape
-    a_u8 = a.view(np.uint8) ^ np.uint8(0x80)  # a + 128, bit for bit
-    digits = split_limbs(b, limbs).transpose(1, 0, 2).reshape(k, limbs * n)
+    a_u8 = a if a.dtype == np.uint8 else shift_int8(a)
+    digits = split_limbs(b, limbs, axis=1).reshape(k, limbs * n)
     total = None
     for start in range(0, k, MAX_K):
         y = _matmul_u8s8(a_u8[:, start : start + MAX_K], 128, digits[start : start + MAX_K], threads)

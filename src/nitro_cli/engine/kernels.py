@@ -221,8 +221,11 @@ class GemmPlan:
 
     @property
     def operand(self) -> Any:
-        """The dtype im2col builds its columns in for this plan."""
-        return np.int8 if self.dtype == "int8" else np.int64 if self.dtype == "int64" else self.accumulator
+        """The dtype im2col builds its columns in for this plan: an int8 left operand comes shifted, as
+        uint8 holding a + 128 (int8gemm.shift_int8)."""
+        if self.dtype == "int8":
+            return np.uint8 if self.int8_side == "left" else np.int8
+        return np.int64 if self.dtype == "int64" else self.accumulator
 
     @property
     def path(self) -> str:
@@ -354,11 +357,13 @@ def _plan_for(a: Any, b: Any) -> GemmPlan:
 
 
 def _im2col(x_nhwc: Any, kh: int, kw: int, padding: int, dtype: Any) -> Any:
-    """Columns [N*H'*W', kh*kw*C] in (i, j, c) order, built straight in the GEMM's dtype."""
+    """Columns [N*H'*W', kh*kw*C] in (i, j, c) order, built straight in the GEMM's dtype (uint8: shifted,
+    see GemmPlan.operand)."""
     xp = array_module(x_nhwc)
+    x_nhwc, fill = _column_source(x_nhwc, dtype)
     n, h, w, c = x_nhwc.shape
     out_h, out_w = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
-    cols = xp.zeros((n, out_h, out_w, kh * kw, c), dtype=dtype)
+    cols = xp.full((n, out_h, out_w, kh * kw, c), fill, dtype=dtype)
     for i in range(kh):
         for j in range(kw):
             # Output rows whose window position (i, j) falls inside the image; the rest stay zero (padding).
@@ -367,6 +372,31 @@ def _im2col(x_nhwc: Any, kh: int, kw: int, padding: int, dtype: Any) -> Any:
             cols[:, r0:r1, c0:c1, i * kw + j, :] = x_nhwc[:, r0 + i - padding : r1 + i - padding,
                                                           c0 + j - padding : c1 + j - padding, :]
     return cols.reshape(n * out_h * out_w, kh * kw * c)
+
+
+def _im2col_t(x_nhwc: Any, kh: int, kw: int, padding: int, dtype: Any) -> Any:
+    """The transposed columns [kh*kw*C, N*H'*W'] of _im2col, built directly: from channels-first input each
+    window position is a plain slab copy."""
+    xp = array_module(x_nhwc)
+    x_nhwc, fill = _column_source(x_nhwc, dtype)
+    x_cnhw = xp.ascontiguousarray(x_nhwc.transpose(3, 0, 1, 2))
+    c, n, h, w = x_cnhw.shape
+    out_h, out_w = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    cols = xp.full((kh * kw, c, n, out_h, out_w), fill, dtype=dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r0, r1 = max(0, padding - i), min(out_h, h + padding - i)
+            c0, c1 = max(0, padding - j), min(out_w, w + padding - j)
+            cols[i * kw + j, :, :, r0:r1, c0:c1] = x_cnhw[:, :, r0 + i - padding : r1 + i - padding,
+                                                          c0 + j - padding : c1 + j - padding]
+    return cols.reshape(kh * kw * c, n * out_h * out_w)
+
+
+def _column_source(x: Any, dtype: Any) -> tuple[Any, int]:
+    """The values im2col copies and its padding value: uint8 columns hold x + 128 (0 shifts to 128)."""
+    if dtype == np.uint8 and x.dtype == np.int8:
+        return int8gemm.shift_int8(x), 128
+    return x, 0
 
 
 def _batch_step(per_sample: int) -> int:
@@ -432,15 +462,26 @@ def conv2d_weight_grad_nhwc(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, int
                          f"{x_nhwc.shape}")
     xp = array_module(x_nhwc)
     o = delta_nhwc.shape[3]
-    # The batch chunks slice the inner dimension; their sum stays exact in the accumulator.
-    plan = gemm_plan(n * out_h * out_w, operand_bound(delta_nhwc), operand_bound(x_nhwc),
-                     allow_slices=False, int8_side=int8_operand_side(delta_nhwc, x_nhwc))
-    dtype = plan.accumulator
-    grad = xp.zeros((o, kh * kw * c), dtype=dtype)
     step = _batch_step(out_h * out_w * kh * kw * c)
-    for start in range(0, n, step):
-        cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
-        grad += _gemm(delta_nhwc[start : start + step].reshape(-1, o).T, cols, plan)
+    # The batch chunks slice the inner dimension; their sum stays exact in the accumulator.
+    int8_side = int8_operand_side(x_nhwc, delta_nhwc)
+    if int8_side == "left":
+        # dW^T = cols^T @ delta: the int8 columns (built transposed) on the left and the errors, already
+        # [rows, O], on the right, so the wide operand is split into limbs without a transposing copy.
+        plan = gemm_plan(n * out_h * out_w, operand_bound(x_nhwc), operand_bound(delta_nhwc),
+                         allow_slices=False, int8_side=int8_side)
+        grad_t = xp.zeros((kh * kw * c, o), dtype=plan.accumulator)
+        for start in range(0, n, step):
+            cols_t = _im2col_t(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
+            grad_t += _gemm(cols_t, delta_nhwc[start : start + step].reshape(-1, o), plan)
+        grad = grad_t.T
+    else:
+        plan = gemm_plan(n * out_h * out_w, operand_bound(delta_nhwc), operand_bound(x_nhwc),
+                         allow_slices=False, int8_side=int8_operand_side(delta_nhwc, x_nhwc))
+        grad = xp.zeros((o, kh * kw * c), dtype=plan.accumulator)
+        for start in range(0, n, step):
+            cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
+            grad += _gemm(delta_nhwc[start : start + step].reshape(-1, o).T, cols, plan)
     return grad.astype(np.int64).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
 
 

@@ -178,12 +178,14 @@ class PoolGeometry:
         return (h + 2 * self.ph - self.kh) // self.kh + 1, (w + 2 * self.pw - self.kw) // self.kw + 1
 
 
-def maxpool2d(x: Any, geom: PoolGeometry, pad_value: int | None = None) -> tuple[Any, Any]:
+def maxpool2d(x: Any, geom: PoolGeometry, pad_value: int | None = None,
+              with_index: bool = True) -> tuple[Any, Any]:
     """Max over non-overlapping windows of channels-last x [N, H, W, C].
 
     Returns the output and, per window, the position (i * kw + j) of its first maximum, padding cells
-    included in the row-major order. Rows and columns that do not fill a whole window are dropped (floor
-    mode), as in PyTorch. Padding never wins unless `pad_value` is given (the reference's 0, spec section 6).
+    included in the row-major order (None when not `with_index`: a pool that routes no error). Rows and
+    columns that do not fill a whole window are dropped (floor mode), as in PyTorch. Padding never wins unless
+    `pad_value` is given (the reference's 0, spec section 6).
     """
     xp = array_module(x)
     dtype = x.dtype
@@ -202,10 +204,14 @@ def maxpool2d(x: Any, geom: PoolGeometry, pad_value: int | None = None) -> tuple
     out = windows[:, :, 0, :, 0].copy()
     for i, j in offsets[1:]:
         xp.maximum(out, windows[:, :, i, :, j], out=out)
-    # Scanning in window order and keeping the first hit gives the first maximum, as the spec routes it.
-    index = xp.full(out.shape, len(offsets), dtype=np.int16)
-    for pos, (i, j) in enumerate(offsets):
-        xp.minimum(index, xp.where(windows[:, :, i, :, j] == out, pos, len(offsets)), out=index)
+    index = None
+    if with_index:
+        # Every window's maximum sits at some position: start from the last and overwrite with each earlier
+        # position that holds it, which leaves the first maximum, as the spec routes it.
+        index = xp.full(out.shape, len(offsets) - 1, dtype=np.int16)
+        for pos in range(len(offsets) - 2, -1, -1):
+            i, j = offsets[pos]
+            xp.copyto(index, np.int16(pos), where=windows[:, :, i, :, j] == out)
     return out.astype(dtype, copy=False), index
 
 
@@ -216,10 +222,9 @@ def maxpool2d_backward(delta: Any, index: Any, geom: PoolGeometry, in_hw: tuple[
     h, w = in_hw
     full = xp.zeros((n, h + 2 * geom.ph, w + 2 * geom.pw, c), dtype=delta.dtype)
     windows = full[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
-    zero = delta.dtype.type(0)
     for pos in range(geom.kh * geom.kw):
         i, j = divmod(pos, geom.kw)
-        windows[:, :, i, :, j] = xp.where(index == pos, delta, zero)
+        xp.copyto(windows[:, :, i, :, j], delta, where=index == pos)
     return full[:, geom.ph : geom.ph + h, geom.pw : geom.pw + w]
 
 

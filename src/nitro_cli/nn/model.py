@@ -102,15 +102,16 @@ class LocalBlock:
     def forward(self, x: Any) -> Any:
         return nitro_relu(self.arith.forward_scaled(self.layer, x), self.slope)
 
-    def head_input(self, out: Any) -> tuple[Any, Any]:
-        """Pool (conv blocks) and flatten the block output; also returns the pool's argmax indices."""
+    def head_input(self, out: Any, with_index: bool = True) -> tuple[Any, Any]:
+        """Pool (conv blocks) and flatten the block output; also returns the pool's argmax indices (which
+        training routes the error through)."""
         index = None
         if self.pool is not None:
-            out, index = maxpool2d(out, self.pool, self.arith.head_pool_pad_value)
+            out, index = maxpool2d(out, self.pool, self.arith.head_pool_pad_value, with_index)
         return out.reshape(out.shape[0], -1), index
 
     def head_forward(self, out: Any) -> Any:
-        flat, _ = self.head_input(out)
+        flat, _ = self.head_input(out, with_index=False)
         return self.arith.forward_scaled(self.head, flat)
 
     def train_step(self, x: Any, y: Any, optimizer: Optimizer, num_classes: int,
@@ -179,7 +180,7 @@ class FeaturePool:
         self.geom = PoolGeometry(2, 2)
 
     def forward(self, x: Any) -> Any:
-        return maxpool2d(x, self.geom)[0]
+        return maxpool2d(x, self.geom, with_index=False)[0]
 
 
 class Flatten:
