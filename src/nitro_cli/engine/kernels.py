@@ -36,8 +36,8 @@ IM2COL_CHUNK_ELEMENTS = 2**24
 # Below this many inner-dimension terms per float32 slice, slicing costs more than float64 saves.
 MIN_FLOAT32_SLICE = 256
 # Relative cost of one multiply-add on each exact path, from one-thread GEMM rates measured on this project's
-# AVX-512 VNNI machine (scripts/bench.py --gemm-rates): u8 x s8 170-360 GOP/s per limb, float32 80-96 GFLOP/s,
-# float64 35-48 GFLOP/s. An int8 product of L limbs costs L.
+# AVX-512 VNNI machine at VGG8B and MLP1 shapes: ONNX Runtime u8 x s8 MatMulInteger 170-360 GOP/s per limb,
+# NumPy (OpenBLAS) float32 80-96 GFLOP/s, float64 35-48 GFLOP/s. An int8 product of L limbs costs L.
 PATH_COST = {"int8": 1.0, "float32": 2.5, "float64": 5.5, "int64": 50.0}
 # The widest operand the int8 path splits: 5 limbs hold any int32 (|v| < 1.7e10).
 MAX_LIMBS = 5
@@ -452,6 +452,13 @@ def conv2d_weight_grad_nhwc(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, int
                             padding: int = 1) -> Any:
     """Exact int64 weight gradient [O, C, kh, kw], channels last:
     dW[o,c,i,j] = sum_{n,h,w} delta[n,h,w,o] * xpad[n,h+i,w+j,c]."""
+    return conv2d_weight_grad_exact(x_nhwc, delta_nhwc, kernel, padding).astype(np.int64, copy=False)
+
+
+def conv2d_weight_grad_exact(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, int] = (3, 3),
+                             padding: int = 1) -> Any:
+    """conv2d_weight_grad_nhwc left in its accumulator (exact integers in float or int64, as matmul_exact),
+    C-contiguous: the optimizer reads it flat without another copy."""
     _require_integer(x_nhwc, "conv2d_weight_grad input")
     _require_integer(delta_nhwc, "conv2d_weight_grad error")
     kh, kw = kernel
@@ -482,7 +489,7 @@ def conv2d_weight_grad_nhwc(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, int
         for start in range(0, n, step):
             cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
             grad += _gemm(delta_nhwc[start : start + step].reshape(-1, o).T, cols, plan)
-    return grad.astype(np.int64).reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
+    return xp.ascontiguousarray(grad.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
 
 
 def conv2d_weight_grad(x: Any, delta: Any, kernel: tuple[int, int] = (3, 3), padding: int = 1) -> Any:

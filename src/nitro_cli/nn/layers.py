@@ -15,7 +15,7 @@ from ..engine import (
     array_module,
     conv2d_nhwc,
     conv2d_nhwc_scaled,
-    conv2d_weight_grad_nhwc,
+    conv2d_weight_grad_exact,
     isqrt,
     matmul,
     matmul_exact,
@@ -130,7 +130,8 @@ class IntegerConv2d:
         return conv2d_nhwc_scaled(x, self.weight, SCALE_PER_FAN_IN * self.fan_in, padding=self.padding)
 
     def weight_grad(self, x: Any, delta: Any) -> Any:
-        return conv2d_weight_grad_nhwc(x, delta, (self.kernel, self.kernel), self.padding)
+        """The gradient of the weight as exact integers in an int64 or float array (see matmul_exact)."""
+        return conv2d_weight_grad_exact(x, delta, (self.kernel, self.kernel), self.padding)
 
 
 def scaling(x: Any, fan_in: int) -> Any:
