@@ -117,6 +117,28 @@ def test_plan_takes_the_int8_path_by_cost_and_falls_back_past_its_bounds():
     assert gemm_plan(4, 128, wide, int8_side="left").path == "float64"
     assert gemm_plan(2**20, 128, wide, int8_side="left").path == "int64"
     assert gemm_plan(1152, 128, 60).path == "float32"  # no int8 operand: no int8 path
+    # Its fixed cost per call keeps small products on the float paths.
+    assert gemm_plan(100, 128, 60, int8_side="left", outer=64 * 50).path == "float32"
+    assert gemm_plan(784, 128, 60, int8_side="left", outer=512 * 100).path == "int8x1"
+
+
+def test_a_transposed_wide_operand_is_split_in_its_own_memory_order(int8_on):
+    rng = np.random.default_rng(5)
+    x = extreme_operand(rng, (64, 300), 127).astype(np.int8)
+    w = extreme_operand(rng, (200, 300), 5000).astype(np.int32)  # a linear layer's [out, in]
+    with trace_products() as records:
+        got = matmul_exact(x, w.T)
+    assert [r.path for r in records] == ["int8x2"]
+    assert got.astype(object).tolist() == ref_matmul(x, w.T)
+    e = extreme_operand(rng, (64, 200), 10**6)
+    assert matmul_exact(e.T, x).astype(object).tolist() == ref_matmul(e.T, x)
+
+
+def test_split_limbs_trusts_a_measured_bound_and_refuses_one_too_large():
+    v = np.array([[8127, -8127, 5]])
+    assert int8gemm.split_limbs(v, 2, bound=8127).tolist() == int8gemm.split_limbs(v, 2).tolist()
+    with pytest.raises(ValueError, match="do not fit 2 limbs"):
+        int8gemm.split_limbs(v, 2, bound=9000)
 
 
 def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on):
@@ -132,6 +154,7 @@ def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on):
 
 @pytest.mark.parametrize("wmax", [50, 3000, 400_000, 2**31 - 1])
 def test_kernels_match_the_reference_with_and_without_the_int8_path(monkeypatch, wmax):
+    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)  # small shapes, int8 path all the same
     rng = np.random.default_rng(wmax % 1000)
     x = extreme_operand(rng, (4 * 6 * 5, 7), 127).astype(np.int8).reshape(4, 6, 5, 7)
     w = extreme_operand(rng, (9 * 7, 3), wmax).astype(np.int32).reshape(3, 7, 3, 3)
@@ -172,6 +195,7 @@ def train_reduced_vgg(steps: int, grow: int) -> tuple[dict, set]:
 
 @pytest.mark.parametrize("grow", [1, 300])
 def test_training_gives_identical_parameters_on_the_int8_and_float_paths(monkeypatch, grow):
+    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
     float_params, float_paths = train_reduced_vgg(6, grow)
     monkeypatch.setattr(kernels, "_INT8_ENABLED", True)

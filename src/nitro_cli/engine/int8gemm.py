@@ -50,20 +50,28 @@ def limbs_needed(bound: int) -> int:
     return limbs
 
 
-def split_limbs(v: np.ndarray, limbs: int, axis: int = 0) -> np.ndarray:
+def split_limbs(v: np.ndarray, limbs: int, axis: int = 0, bound: int | None = None) -> np.ndarray:
     """Balanced base-128 digits of v as int8, least significant first, stacked on a new `axis` of a
     C-contiguous array ([limbs, *v.shape] by default; axis=1 lays a matrix's digits out as [K, limbs, N]).
 
-    The top digit is what remains after the others; it is checked to lie in [-64, 63], so a v too large
-    for `limbs` digits raises ValueError instead of losing its high part.
+    `bound`, when given, is max|v| as the caller measured it; otherwise the top digit (what remains after
+    the others) is checked to lie in [-64, 63]. Either way a v too large for `limbs` digits raises
+    ValueError instead of losing its high part.
     """
-    # int32 arithmetic while it is exact (|v| and every remainder below 2^30), else int64.
-    wide = np.int32 if limb_capacity(limbs) < 2**30 else np.int64
-    if wide is np.int32 and v.dtype.itemsize > 4 and v.size and max(-int(v.min()), int(v.max())) >= 2**30:
-        wide = np.int64
-    rest = np.array(v, dtype=wide, order="C")  # a copy: the loop works in place
+    if bound is not None and bound > limb_capacity(limbs):
+        raise ValueError(f"values up to {bound} do not fit {limbs} limbs")
     shape = list(v.shape)
     shape.insert(axis, limbs)
+    if limbs == 1:  # the value is its own digit
+        if bound is None:
+            _check_top_digit(v, v, limbs)
+        return v.astype(np.int8).reshape(shape)
+    # The narrowest type in which every value and remainder (|.| < capacity + 64) is exact.
+    cap = limb_capacity(limbs) if bound is None else bound
+    wide = np.int16 if cap < 2**14 else np.int32 if cap < 2**30 else np.int64
+    if bound is None and v.dtype.itemsize > np.dtype(wide).itemsize and v.size:
+        wide = np.int64  # unmeasured: keep every value as it is until the check
+    rest = np.array(v, dtype=wide, order="C")  # a copy: the loop works in place
     out = np.empty(shape, dtype=np.int8)
     digits = np.moveaxis(out, axis, 0)  # a view: digits[i] writes the i-th limb in place
     digit = np.empty_like(rest)
@@ -74,10 +82,15 @@ def split_limbs(v: np.ndarray, limbs: int, axis: int = 0) -> np.ndarray:
         digits[i] = digit
         rest -= digit
         rest >>= LIMB_BITS  # exact: rest is now a multiple of 128
-    if rest.size and (int(rest.min()) < LIMB_LOW or int(rest.max()) > LIMB_HIGH):
-        raise ValueError(f"values up to {int(np.abs(v).max())} do not fit {limbs} limbs")
+    if bound is None:
+        _check_top_digit(rest, v, limbs)
     digits[limbs - 1] = rest
     return out
+
+
+def _check_top_digit(top: np.ndarray, v: np.ndarray, limbs: int) -> None:
+    if top.size and (int(top.min()) < LIMB_LOW or int(top.max()) > LIMB_HIGH):
+        raise ValueError(f"values up to {int(np.abs(v.astype(np.int64)).max())} do not fit {limbs} limbs")
 
 
 def available() -> bool:
@@ -143,16 +156,17 @@ def shift_int8(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8) ^ np.uint8(0x80)
 
 
-def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool,
-                     threads: int) -> np.ndarray:
-    """a @ b for int8 a [M, K] and any integer b [K, N] that fits `limbs` digits. `a` may also be given
-    already shifted, as the uint8 array shift_int8(a) (im2col builds its columns that way, saving a pass).
+def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool, threads: int,
+                     bound: int | None = None) -> np.ndarray:
+    """a @ b for int8 a [M, K] and any integer b [K, N] that fits `limbs` digits (max|b| <= `bound` when
+    given, see split_limbs). `a` may also be given already shifted, as the uint8 array shift_int8(a) (im2col
+    builds its columns that way, saving a pass).
 
     The limbs of b sit side by side, [K, limbs * N], so all of them take one GEMM.
     """
     k, n = b.shape
     a_u8 = a if a.dtype == np.uint8 else shift_int8(a)
-    digits = split_limbs(b, limbs, axis=1).reshape(k, limbs * n)
+    digits = split_limbs(b, limbs, axis=1, bound=bound).reshape(k, limbs * n)
     total = None
     for start in range(0, k, MAX_K):
         y = _matmul_u8s8(a_u8[:, start : start + MAX_K], 128, digits[start : start + MAX_K], threads)
@@ -161,14 +175,15 @@ def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool
     return total
 
 
-def matmul_int8_right(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool,
-                      threads: int) -> np.ndarray:
-    """a @ b for any integer a [M, K] that fits `limbs` digits and int8 b [K, N].
+def matmul_int8_right(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool, threads: int,
+                      bound: int | None = None) -> np.ndarray:
+    """a @ b for any integer a [M, K] that fits `limbs` digits (max|a| <= `bound` when given) and int8
+    b [K, N].
 
     The limbs of a, shifted by 64 into [0, 127], are stacked, [limbs * M, K], so all take one GEMM.
     """
     m, k = a.shape
-    digits_u8 = split_limbs(a, limbs).reshape(limbs * m, k).view(np.uint8) + np.uint8(-LIMB_LOW)
+    digits_u8 = split_limbs(a, limbs, bound=bound).reshape(limbs * m, k).view(np.uint8) + np.uint8(-LIMB_LOW)
     total = None
     for start in range(0, k, MAX_K):
         y = _matmul_u8s8(digits_u8[:, start : start + MAX_K], -LIMB_LOW, b[start : start + MAX_K], threads)

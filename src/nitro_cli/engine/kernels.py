@@ -39,6 +39,9 @@ MIN_FLOAT32_SLICE = 256
 # AVX-512 VNNI machine at VGG8B and MLP1 shapes: ONNX Runtime u8 x s8 MatMulInteger 170-360 GOP/s per limb,
 # NumPy (OpenBLAS) float32 80-96 GFLOP/s, float64 35-48 GFLOP/s. An int8 product of L limbs costs L.
 PATH_COST = {"int8": 1.0, "float32": 2.5, "float64": 5.5, "int64": 50.0}
+# What one int8 product costs besides its multiply-adds (the ONNX Runtime call, splitting and recombining
+# limbs), in int8 multiply-adds: about 40 us at 125 G/s, measured at MLP1's shapes. Small products stay float.
+INT8_CALL_COST = 5_000_000
 # The widest operand the int8 path splits: 5 limbs hold any int32 (|v| < 1.7e10).
 MAX_LIMBS = 5
 # sgd_update works through NumPy arrays in chunks of this many elements (float64 temporaries of 512 KiB).
@@ -210,6 +213,7 @@ class GemmPlan:
     int8_side: str = ""  # "left" or "right"
     limbs: int = 0
     exact_float: bool = True
+    wide_bound: int = 0  # max|.| of the operand split into limbs
     k: int = 0  # the product's inner size, for `path`
 
     @property
@@ -235,11 +239,12 @@ class GemmPlan:
         return "float32-sliced" if self.dtype == "float32" and self.k_slice < self.k else self.dtype
 
 
-def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True, int8_side: str = "") -> GemmPlan:
+def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True, int8_side: str = "",
+              outer: int = 0) -> GemmPlan:
     """The cheapest exact path for a product with inner size k and operand bounds amax, bmax.
 
     `int8_side` ("left" or "right") names an int8 operand, which allows the int8 limb path (NumPy arrays
-    only; see `int8_operand_side`)."""
+    only; see `int8_operand_side`); `outer` (m * n, when known) weighs that path's fixed cost per call."""
     bound = k * amax * bmax
     if bound < FLOAT32_EXACT:
         plan = GemmPlan("float32", max(k, 1), k=k)
@@ -253,9 +258,13 @@ def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True, int8_side
         raise IntegerOverflowError(f"integer product overflows int64: inner size {k} x max|a| {amax} x "
                                    f"max|b| {bmax} = {bound} >= 2^63")
     if int8_side:
-        limbs = int8gemm.limbs_needed(bmax if int8_side == "left" else amax)
-        if limbs <= MAX_LIMBS and limbs * PATH_COST["int8"] < PATH_COST[plan.dtype]:
-            return GemmPlan("int8", k, int8_side, limbs, int8gemm.float_combination_exact(k, amax, bmax), k=k)
+        wide = bmax if int8_side == "left" else amax
+        limbs = int8gemm.limbs_needed(wide)
+        macs = outer * k if outer else 1  # unknown size: compare the cost of one multiply-add alone
+        if limbs <= MAX_LIMBS and limbs * PATH_COST["int8"] * macs + (INT8_CALL_COST if outer else 0) < \
+                PATH_COST[plan.dtype] * macs:
+            return GemmPlan("int8", k, int8_side, limbs, int8gemm.float_combination_exact(k, amax, bmax),
+                            wide, k=k)
     return plan
 
 
@@ -299,8 +308,16 @@ def _gemm(a: Any, b: Any, plan: GemmPlan) -> Any:
 def _gemm_untimed(a: Any, b: Any, plan: GemmPlan) -> Any:
     xp = array_module(a)
     if plan.dtype == "int8":
-        run = int8gemm.matmul_int8_left if plan.int8_side == "left" else int8gemm.matmul_int8_right
-        return run(a, b, plan.limbs, plan.exact_float, cpu_threads())
+        left = plan.int8_side == "left"
+        wide, narrow = (b, a) if left else (a, b)
+        if narrow.dtype == np.int8 and not wide.flags.c_contiguous and wide.T.flags.c_contiguous:
+            # A transposed wide operand (x @ W.T): a @ b = (b.T @ a.T).T splits W in its own memory order
+            # and copies only the small int8 operand.
+            a, b, left = b.T, np.ascontiguousarray(a.T), not left
+            run = int8gemm.matmul_int8_left if left else int8gemm.matmul_int8_right
+            return run(a, b, plan.limbs, plan.exact_float, cpu_threads(), plan.wide_bound).T
+        run = int8gemm.matmul_int8_left if left else int8gemm.matmul_int8_right
+        return run(a, b, plan.limbs, plan.exact_float, cpu_threads(), plan.wide_bound)
     if plan.dtype == "int64":
         return xp.matmul(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False))
     dtype = np.float32 if plan.dtype == "float32" else np.float64
@@ -353,7 +370,8 @@ def matmul_scaled(a: Any, b: Any, divisor: int, lo: int = -127, hi: int = 127) -
 
 
 def _plan_for(a: Any, b: Any) -> GemmPlan:
-    return gemm_plan(a.shape[1], operand_bound(a), operand_bound(b), int8_side=int8_operand_side(a, b))
+    return gemm_plan(a.shape[1], operand_bound(a), operand_bound(b), int8_side=int8_operand_side(a, b),
+                     outer=a.shape[0] * b.shape[1])
 
 
 def _im2col(x_nhwc: Any, kh: int, kw: int, padding: int, dtype: Any) -> Any:
@@ -419,7 +437,8 @@ def _conv_forward(x_nhwc: Any, w: Any, padding: int, finish: Any, out_dtype: Any
     n, c = x_nhwc.shape[0], x_nhwc.shape[3]
     o, _, kh, kw = w.shape
     k = c * kh * kw
-    plan = gemm_plan(k, operand_bound(x_nhwc), operand_bound(w), int8_side=int8_operand_side(x_nhwc, w))
+    plan = gemm_plan(k, operand_bound(x_nhwc), operand_bound(w), int8_side=int8_operand_side(x_nhwc, w),
+                     outer=n * out_h * out_w * o)
     wmat = w.transpose(2, 3, 1, 0).reshape(k, o)  # (i, j, c) rows, matching the columns
     out = xp.empty((n, out_h, out_w, o), dtype=out_dtype)
     step = _batch_step(out_h * out_w * k)
@@ -476,7 +495,7 @@ def conv2d_weight_grad_exact(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, in
         # dW^T = cols^T @ delta: the int8 columns (built transposed) on the left and the errors, already
         # [rows, O], on the right, so the wide operand is split into limbs without a transposing copy.
         plan = gemm_plan(n * out_h * out_w, operand_bound(x_nhwc), operand_bound(delta_nhwc),
-                         allow_slices=False, int8_side=int8_side)
+                         allow_slices=False, int8_side=int8_side, outer=o * kh * kw * c)
         grad_t = xp.zeros((kh * kw * c, o), dtype=plan.accumulator)
         for start in range(0, n, step):
             cols_t = _im2col_t(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
@@ -484,7 +503,8 @@ def conv2d_weight_grad_exact(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, in
         grad = grad_t.T
     else:
         plan = gemm_plan(n * out_h * out_w, operand_bound(delta_nhwc), operand_bound(x_nhwc),
-                         allow_slices=False, int8_side=int8_operand_side(delta_nhwc, x_nhwc))
+                         allow_slices=False, int8_side=int8_operand_side(delta_nhwc, x_nhwc),
+                         outer=o * kh * kw * c)
         grad = xp.zeros((o, kh * kw * c), dtype=plan.accumulator)
         for start in range(0, n, step):
             cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
