@@ -118,6 +118,7 @@ def step_gflop(model: NitroNet, n: int, train: bool) -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory: each case runs in a process of its own to make it the case's."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
@@ -224,6 +225,7 @@ def trace_steps(steps: int) -> int:
 
 def result(case: str, model: NitroNet, times: list[float], train: bool, gemm_rate: float,
            trace: dict[str, Any]) -> dict[str, Any]:
+    """The JSON keys every case of our engine shares: rates from the median timed step, then the trace's."""
     seconds = float(np.median(times))
     gflop = step_gflop(model, BATCH, train)
     return {
@@ -246,6 +248,7 @@ def result(case: str, model: NitroNet, times: list[float], train: bool, gemm_rat
 # --- fresh weights, random data ---------------------------------------------------------------------------
 
 def run_case(name: str, gemm_rate: float, steps: int | None, show_split: bool) -> dict[str, Any]:
+    """A step on fresh weights and one random batch, repeated: the engine's speed where bounds are small."""
     preset, shape, train, default_steps = CASES[name]
     rngs = RngStreams(0)
     model = build_model(preset, shape, CLASSES, seed_rng=rngs.init)
@@ -318,6 +321,7 @@ def checkpoint_info(path: Path, ckpt: Any, weights: dict[str, Any]) -> dict[str,
 
 
 def real_case(name: str, args: argparse.Namespace, gemm_rate: float) -> dict[str, Any]:
+    """A training step on a grown state and real batches: the bounds, hence the paths, that training meets."""
     shape = REAL_CASES[name]
     cifar_ckpt = name == "vgg8b_train_real" and args.checkpoint_cifar is not None
     path = Path(args.checkpoint_cifar if cifar_ckpt else args.checkpoint)
@@ -382,6 +386,7 @@ def real_case(name: str, args: argparse.Namespace, gemm_rate: float) -> dict[str
 # --- nitro train itself ------------------------------------------------------------------------------------
 
 def nitro_command() -> list[str]:
+    """The `nitro` console script of this Python, or its module where the script is not installed."""
     script = Path(sys.executable).parent / "nitro"
     return [str(script)] if script.exists() else [sys.executable, "-m", "nitro_cli.cli"]
 
@@ -419,6 +424,8 @@ def nitro_train_case(args: argparse.Namespace) -> dict[str, Any]:
         after = load_checkpoint(run / "checkpoints/last.npz").state
     samples = int(after["samples"]) - int(state["samples"])
     seconds = float(after["train_seconds"]) - float(state["train_seconds"])
+    if samples <= 0:
+        raise NitroError(f"nitro train trained nothing from {path}: {res.stdout.strip().splitlines()[-1:]}")
     return {
         "case": NITRO_CASE,
         "samples_per_s": round(samples / seconds, 2),

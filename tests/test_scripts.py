@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -72,9 +73,10 @@ def bench(*args: str) -> tuple[list[dict], subprocess.CompletedProcess[str]]:
     return [json.loads(line) for line in res.stdout.splitlines()], res
 
 
-def bench_module():
+def bench_module() -> ModuleType:
     """scripts/bench.py imported as a module (its helpers, without a subprocess)."""
     spec = importlib.util.spec_from_file_location("bench", SCRIPTS / "bench.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
