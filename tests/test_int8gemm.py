@@ -120,6 +120,10 @@ def test_plan_takes_the_int8_path_by_cost_and_falls_back_past_its_bounds():
     # Its fixed cost per call keeps small products on the float paths.
     assert gemm_plan(100, 128, 60, int8_side="left", outer=64 * 50).path == "float32"
     assert gemm_plan(784, 128, 60, int8_side="left", outer=512 * 100).path == "int8x1"
+    # A short inner dimension: writing and recombining the int32 outputs would cost more than float32.
+    assert gemm_plan(64, 128, 1000, int8_side="right", outer=3000 * 3072).path == "float32"
+    # A short inner dimension: writing and recombining the int32 outputs would cost more than float32.
+    assert gemm_plan(64, 128, 1000, int8_side="right", outer=3000 * 3072).path == "float32"
 
 
 def test_a_transposed_wide_operand_is_split_in_its_own_memory_order(int8_on):
@@ -154,7 +158,9 @@ def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on):
 
 @pytest.mark.parametrize("wmax", [50, 3000, 400_000, 2**31 - 1])
 def test_kernels_match_the_reference_with_and_without_the_int8_path(monkeypatch, wmax):
-    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)  # small shapes, int8 path all the same
+    # Small shapes: without its fixed costs, the int8 path takes them all the same.
+    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
+    monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
     rng = np.random.default_rng(wmax % 1000)
     x = extreme_operand(rng, (4 * 6 * 5, 7), 127).astype(np.int8).reshape(4, 6, 5, 7)
     w = extreme_operand(rng, (9 * 7, 3), wmax).astype(np.int32).reshape(3, 7, 3, 3)
@@ -196,6 +202,7 @@ def train_reduced_vgg(steps: int, grow: int) -> tuple[dict, set]:
 @pytest.mark.parametrize("grow", [1, 300])
 def test_training_gives_identical_parameters_on_the_int8_and_float_paths(monkeypatch, grow):
     monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
+    monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
     float_params, float_paths = train_reduced_vgg(6, grow)
     monkeypatch.setattr(kernels, "_INT8_ENABLED", True)

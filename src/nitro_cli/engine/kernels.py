@@ -39,9 +39,12 @@ MIN_FLOAT32_SLICE = 256
 # AVX-512 VNNI machine at VGG8B and MLP1 shapes: ONNX Runtime u8 x s8 MatMulInteger 170-360 GOP/s per limb,
 # NumPy (OpenBLAS) float32 80-96 GFLOP/s, float64 35-48 GFLOP/s. An int8 product of L limbs costs L.
 PATH_COST = {"int8": 1.0, "float32": 2.5, "float64": 5.5, "int64": 50.0}
-# What one int8 product costs besides its multiply-adds (the ONNX Runtime call, splitting and recombining
-# limbs), in int8 multiply-adds: about 40 us at 125 G/s, measured at MLP1's shapes. Small products stay float.
+# What one int8 product costs besides its multiply-adds, in int8 multiply-adds: about 40 us per call (the
+# ONNX Runtime call, splitting the limbs; measured at MLP1's shapes), and about 1.3 ns per int32 output
+# element of each limb (written, then recombined; measured on MLP4's 3000 x 64 x 3072 weight gradient).
+# Small products, and products with a short inner dimension, stay float.
 INT8_CALL_COST = 5_000_000
+INT8_OUTPUT_COST = 160
 # The widest operand the int8 path splits: 5 limbs hold any int32 (|v| < 1.7e10).
 MAX_LIMBS = 5
 # sgd_update works through NumPy arrays in chunks of this many elements (float64 temporaries of 512 KiB).
@@ -261,8 +264,9 @@ def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True, int8_side
         wide = bmax if int8_side == "left" else amax
         limbs = int8gemm.limbs_needed(wide)
         macs = outer * k if outer else 1  # unknown size: compare the cost of one multiply-add alone
-        if limbs <= MAX_LIMBS and limbs * PATH_COST["int8"] * macs + (INT8_CALL_COST if outer else 0) < \
-                PATH_COST[plan.dtype] * macs:
+        int8_cost = limbs * PATH_COST["int8"] * (macs + INT8_OUTPUT_COST * outer) + \
+            (INT8_CALL_COST if outer else 0)
+        if limbs <= MAX_LIMBS and int8_cost < PATH_COST[plan.dtype] * macs:
             return GemmPlan("int8", k, int8_side, limbs, int8gemm.float_combination_exact(k, amax, bmax),
                             wide, k=k)
     return plan
