@@ -1,0 +1,97 @@
+"""Where a VGG8B training step spends its time on an engine (made for the GPU: scripts/gpu-bench.sh).
+
+Prints one JSON line per input shape: median step seconds and images/s, the product time per layer and path
+(the engine's product trace, which synchronizes the GPU around each product, so kernels are timed rather
+than their launch), and the host-side functions that took the most wall time in a cProfile of the same
+steps, with their call counts. On CuPy, every `int(array.max())` of a bound check waits for the GPU and
+copies a scalar back, so `max_abs`, `operand_bound` and `checked_cast` time there is synchronisation.
+
+    python scripts/gpu_profile.py --engine cupy [--steps 5]
+    python scripts/gpu_profile.py --engine numpy --steps 1 --features 8,16,M --hidden 32   # a dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from bench import layer_labels  # scripts/bench.py, beside this file
+from nitro_cli.engine import RngStreams, get_backend, trace_products
+from nitro_cli.nn import build_model
+from nitro_cli.optim import IntegerSGD
+
+SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+def profile_shape(xp, shape: tuple[int, int, int], steps: int, features, hidden) -> dict:
+    rngs = RngStreams(0)
+    model = build_model("vgg8b", shape, 10, hidden=hidden, features=features, seed_rng=rngs.init, xp=xp)
+    opt = IntegerSGD(lr_inv=512, fwd_decay_inv=30000, subnet_decay_inv=3000, amp=640)
+    x = rngs.augment.integers(-128, 128, size=(steps + 1, 64, *shape)).astype(np.int8)
+    labels = rngs.augment.integers(0, 10, size=(steps + 1, 64))
+    y = (np.eye(10, dtype=np.int8) * 32)[labels]
+
+    def step(i: int) -> None:
+        model.train_step(x[i], y[i], labels[i], opt, rngs.dropout)
+
+    def synchronize() -> None:
+        if xp is not np:
+            xp.cuda.get_current_stream().synchronize()
+
+    step(0)  # warm-up: kernel compilation, memory pool
+    synchronize()
+    times = []
+    for i in range(1, steps + 1):
+        started = time.perf_counter()
+        step(i)
+        synchronize()
+        times.append(time.perf_counter() - started)
+    by_layer: dict[str, float] = defaultdict(float)
+    by_path: dict[str, float] = defaultdict(float)
+    profiler = cProfile.Profile()
+    with trace_products() as records, layer_labels(model):
+        profiler.enable()
+        for i in range(1, steps + 1):
+            step(i)
+        synchronize()
+        profiler.disable()
+    for r in records:
+        by_layer[f"{r.label} {r.path}"] += r.seconds / steps
+        by_path[r.path] += r.seconds / steps
+    stats = pstats.Stats(profiler)
+    host = sorted(((v[3] / steps, v[1] / steps, f"{k[2]} ({k[0].rsplit('/', 1)[-1]}:{k[1]})")
+                   for k, v in stats.stats.items()), reverse=True)  # type: ignore[attr-defined]
+    step_s = float(np.median(times))
+    return {
+        "shape": "x".join(map(str, shape)), "engine": xp.__name__, "steps": steps,
+        "step_seconds": round(step_s, 4), "step_seconds_range": [round(min(times), 4), round(max(times), 4)],
+        "samples_per_s": round(64 / step_s, 1),
+        "product_seconds_by_path": {k: round(v, 4) for k, v in sorted(by_path.items())},
+        "product_seconds_by_layer": {k: round(v, 4) for k, v in by_layer.items()},
+        "top_functions_cumulative": [{"function": name, "seconds_per_step": round(cum, 4),
+                                      "calls_per_step": round(calls, 1)}
+                                     for cum, calls, name in host[:25]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", default="cupy", choices=["cupy", "numpy"])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--shapes", default="mnist,cifar10")
+    parser.add_argument("--features", help="conv widths and M, e.g. 8,16,M (default: VGG8B's)")
+    parser.add_argument("--hidden", type=int, default=1024)
+    args = parser.parse_args()
+    xp = get_backend(args.engine)
+    features = None if not args.features else \
+        [f if f == "M" else int(f) for f in args.features.split(",")]
+    for name in args.shapes.split(","):
+        print(json.dumps(profile_shape(xp, SHAPES[name], args.steps, features, [args.hidden])), flush=True)
+
+
+if __name__ == "__main__":
+    main()
