@@ -214,3 +214,20 @@ def test_bench_torch_mlp1_case() -> None:
     (case,), res = bench("--case", "torch_fp32_mlp1_train", "--steps", "5")
     assert res.returncode == 0, res.stderr
     assert case["case"] == "torch_fp32_mlp1_train" and case["steps"] == 5 and case["samples_per_s"] > 0
+
+
+def test_gpu_profile_dry_run_splits_a_step_by_layer_path_and_function() -> None:
+    """scripts/gpu_profile.py (run by gpu-bench.sh on a GPU) on NumPy, on a small VGG: the split adds up."""
+    args = ["--engine", "numpy", "--steps", "2", "--features", "8,16,M", "--hidden", "32", "--shapes",
+            "mnist,cifar10"]
+    res = subprocess.run([sys.executable, str(SCRIPTS / "gpu_profile.py"), *args], capture_output=True,
+                         text=True, timeout=120, env={**nitro_env(), "OPENBLAS_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [d["shape"] for d in lines] == ["1x28x28", "3x32x32"]
+    for d in lines:
+        assert d["engine"] == "numpy" and d["steps"] == 2 and d["samples_per_s"] > 0
+        assert {"block1.weight_grad", "block3.forward_scaled", "output.weight_grad"} <= \
+            {key.split(" ")[0] for key in d["product_seconds_by_layer"]}
+        assert sum(d["product_seconds_by_path"].values()) <= d["step_seconds_range"][1] * 1.5
+        assert any(f["function"].startswith("train_step") for f in d["top_functions_cumulative"])
