@@ -314,14 +314,14 @@ def _gemm_untimed(a: Any, b: Any, plan: GemmPlan) -> Any:
     if plan.dtype == "int8":
         left = plan.int8_side == "left"
         wide, narrow = (b, a) if left else (a, b)
-        if narrow.dtype == np.int8 and not wide.flags.c_contiguous and wide.T.flags.c_contiguous:
-            # A transposed wide operand (x @ W.T): a @ b = (b.T @ a.T).T splits W in its own memory order
-            # and copies only the small int8 operand.
+        # A transposed wide operand (x @ W.T): a @ b = (b.T @ a.T).T splits W in its own memory order and
+        # copies only the small int8 operand.
+        flip = narrow.dtype == np.int8 and not wide.flags.c_contiguous and wide.T.flags.c_contiguous
+        if flip:
             a, b, left = b.T, np.ascontiguousarray(a.T), not left
-            run = int8gemm.matmul_int8_left if left else int8gemm.matmul_int8_right
-            return run(a, b, plan.limbs, plan.exact_float, cpu_threads(), plan.wide_bound).T
         run = int8gemm.matmul_int8_left if left else int8gemm.matmul_int8_right
-        return run(a, b, plan.limbs, plan.exact_float, cpu_threads(), plan.wide_bound)
+        out = run(a, b, plan.limbs, plan.exact_float, cpu_threads(), plan.wide_bound)
+        return out.T if flip else out
     if plan.dtype == "int64":
         return xp.matmul(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False))
     dtype = np.float32 if plan.dtype == "float32" else np.float64
@@ -388,7 +388,7 @@ def _im2col(x_nhwc: Any, kh: int, kw: int, padding: int, dtype: Any) -> Any:
     cols = xp.full((n, out_h, out_w, kh * kw, c), fill, dtype=dtype)
     for i in range(kh):
         for j in range(kw):
-            # Output rows whose window position (i, j) falls inside the image; the rest stay zero (padding).
+            # Output rows whose window position (i, j) falls inside the image; the rest keep the padding.
             r0, r1 = max(0, padding - i), min(out_h, h + padding - i)
             c0, c1 = max(0, padding - j), min(out_w, w + padding - j)
             cols[:, r0:r1, c0:c1, i * kw + j, :] = x_nhwc[:, r0 + i - padding : r1 + i - padding,

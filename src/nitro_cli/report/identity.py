@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..runner.config import with_added_keys
 from .paper import PaperRow, paper_row
 
 # Keys that do not make a run another experiment. trainer.max_epochs is shown as the budget instead.
@@ -98,9 +97,13 @@ def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
 def _with_legacy_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """`cfg` with the keys added since it was written, set to what the nitro that wrote it did: exact
     arithmetic, no feature-extractor dropout, the conv amp multiplier on (it was always applied to conv
-    blocks before it became a switch; MLPs have none) and the runner's own ADDED_KEYS (whole epochs)."""
-    out = with_added_keys(cfg)
+    blocks before it became a switch; MLPs have none) and whole epochs (no trainer.limit_* batches; the
+    runner reads old configs the same way, runner/config.py ADDED_KEYS, but the report sits below it)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in cfg.items()}
     out.setdefault("compat", dict(_EXACT_COMPAT))
+    if isinstance(out.get("trainer"), dict):
+        out["trainer"].setdefault("limit_train_batches", None)
+        out["trainer"].setdefault("limit_test_batches", None)
     model, optimizer = out.get("model"), out.get("optimizer")
     if isinstance(model, dict):
         model.setdefault("fe_dropout", 0.0)
