@@ -26,6 +26,9 @@ from nitro_cli.optim import IntegerSGD
 
 pytestmark = pytest.mark.skipif(not int8gemm.available(), reason="onnxruntime is not installed")
 LIMB_COUNTS = range(1, kernels.MAX_LIMBS + 1)
+# 7-bit digits run everywhere; 8-bit ones where this machine's kernel is proven to sum them exactly.
+DIGIT_BITS = [7, pytest.param(8, marks=pytest.mark.skipif(
+    int8gemm.available() and int8gemm.digit_bits() != 8, reason="8-bit digits are not exact on this CPU"))]
 
 
 def ref_matmul(a: np.ndarray, b: np.ndarray) -> list:
@@ -41,6 +44,13 @@ def extreme_operand(rng: np.random.Generator, shape: tuple[int, int], bound: int
     return v
 
 
+@pytest.fixture(params=DIGIT_BITS)
+def digits(request, monkeypatch) -> int:
+    """The engine's digit width, for the tests that go through gemm_plan."""
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", request.param)
+    return request.param
+
+
 @pytest.fixture
 def int8_on(monkeypatch):
     monkeypatch.setattr(kernels, "_INT8_ENABLED", True)
@@ -51,80 +61,106 @@ def int8_off(monkeypatch):
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
 
 
+@pytest.mark.parametrize("bits", DIGIT_BITS)
 @pytest.mark.parametrize("limbs", LIMB_COUNTS)
-def test_split_limbs_round_trips_at_the_capacity_of_every_limb_count(limbs):
-    cap = int8gemm.limb_capacity(limbs)
+def test_split_limbs_round_trips_at_the_capacity_of_every_limb_count(limbs, bits):
+    cap, half = int8gemm.limb_capacity(limbs, bits), 1 << (bits - 1)
     v = extreme_operand(np.random.default_rng(limbs), (9, 11), cap)
-    digits = int8gemm.split_limbs(v, limbs)
-    assert digits.dtype == np.int8 and digits.min() >= -64 and digits.max() <= 63
-    back = sum(digits[i].astype(object) * 128**i for i in range(limbs))
+    digits = int8gemm.split_limbs(v, limbs, bits)
+    assert digits.dtype == np.int8 and digits.min() >= -half and digits.max() <= half - 1
+    back = sum(digits[i].astype(object) * (1 << bits) ** i for i in range(limbs))
     assert back.tolist() == v.tolist()
-    assert int8gemm.limbs_needed(cap) == limbs and int8gemm.limbs_needed(cap + 1) == limbs + 1
-    lowest = -64 * (128**limbs - 1) // 127  # every digit -64: the negative side reaches a little further
-    assert int8gemm.split_limbs(np.array([lowest]), limbs).tolist() == [[-64]] * limbs
+    assert int8gemm.limbs_needed(cap, bits) == limbs and int8gemm.limbs_needed(cap + 1, bits) == limbs + 1
+    # Every digit at its lowest: the negative side reaches a little further.
+    lowest = -half * ((1 << bits) ** limbs - 1) // ((1 << bits) - 1)
+    assert int8gemm.split_limbs(np.array([lowest]), limbs, bits).tolist() == [[-half]] * limbs
     for too_big in (cap + 1, lowest - 1):
         with pytest.raises(ValueError, match=f"do not fit {limbs} limbs"):
-            int8gemm.split_limbs(np.array([[0, too_big]]), limbs)
+            int8gemm.split_limbs(np.array([[0, too_big]]), limbs, bits)
 
 
+@pytest.mark.parametrize("bits", DIGIT_BITS)
 @pytest.mark.parametrize("limbs", LIMB_COUNTS)
 @pytest.mark.parametrize("exact_float", [True, False])
-def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_float):
+def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_float, bits):
     rng = np.random.default_rng(100 + limbs)
-    cap = int8gemm.limb_capacity(limbs)
+    cap = int8gemm.limb_capacity(limbs, bits)
     x = extreme_operand(rng, (13, 37), 127).astype(np.int8)
     x[0, :] = -128  # the most negative int8, shifted to uint8 0
     x[1, :] = 127
     w = extreme_operand(rng, (37, 6), cap)
     w[:, 0], w[:, 1] = cap, -cap
-    got = int8gemm.matmul_int8_left(x, w, limbs, exact_float, threads=1)
+    got = int8gemm.matmul_int8_left(x, w, limbs, bits, exact_float, threads=1)
     assert got.dtype == (np.float64 if exact_float else np.int64)
     assert got.astype(object).tolist() == ref_matmul(x, w)
     e = extreme_operand(rng, (6, 37), cap)
-    got = int8gemm.matmul_int8_right(e, x.T.copy(), limbs, exact_float, threads=2)
+    got = int8gemm.matmul_int8_right(e, x.T.copy(), limbs, bits, exact_float, threads=2)
     assert got.astype(object).tolist() == ref_matmul(e, x.T)
 
 
+@pytest.mark.parametrize("bits", DIGIT_BITS)
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side):
-    """Slices of MAX_K terms, summed wider; and at the real MAX_K the worst-case sum still fits int32."""
-    monkeypatch.setattr(int8gemm, "MAX_K", 16)
+def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side, bits):
+    """Slices of max_k terms, summed wider; and at the real max_k the worst-case sum still fits int32."""
+    monkeypatch.setattr(int8gemm, "max_k", lambda bits: 16)
     rng = np.random.default_rng(7)
     x = extreme_operand(rng, (5, 50), 127).astype(np.int8)
-    w = extreme_operand(rng, (50, 4), int8gemm.limb_capacity(3))
+    w = extreme_operand(rng, (50, 4), int8gemm.limb_capacity(3, bits))
     if side == "left":
-        assert int8gemm.matmul_int8_left(x, w, 3, True, 1).astype(object).tolist() == ref_matmul(x, w)
+        assert int8gemm.matmul_int8_left(x, w, 3, bits, True, 1).astype(object).tolist() == ref_matmul(x, w)
     else:
-        got = int8gemm.matmul_int8_right(w.T.copy(), x.T.copy(), 3, True, 1)
+        got = int8gemm.matmul_int8_right(w.T.copy(), x.T.copy(), 3, bits, True, 1)
         assert got.astype(object).tolist() == ref_matmul(w.T, x.T)
     monkeypatch.undo()
-    k = int8gemm.MAX_K
+    k, half = int8gemm.max_k(bits), 1 << (bits - 1)
     worst_x = np.full((2, k), 127, dtype=np.int8)
     worst_x[1] = -128
-    worst_w = np.full((k, 2), -64, dtype=np.int64)
-    worst_w[:, 1] = 63
-    assert int8gemm.matmul_int8_left(worst_x, worst_w, 1, True, 1).tolist() == ref_matmul(worst_x, worst_w)
-    got = int8gemm.matmul_int8_right(worst_w.T.copy(), worst_x.T.copy(), 1, True, 1)
+    worst_w = np.full((k, 2), -half, dtype=np.int64)
+    worst_w[:, 1] = half - 1
+    assert int8gemm.matmul_int8_left(worst_x, worst_w, 1, bits, True, 1).tolist() == ref_matmul(worst_x, worst_w)
+    got = int8gemm.matmul_int8_right(worst_w.T.copy(), worst_x.T.copy(), 1, bits, True, 1)
     assert got.tolist() == ref_matmul(worst_w.T, worst_x.T)
 
 
-def test_plan_takes_the_int8_path_by_cost_and_falls_back_past_its_bounds():
+def test_8_bit_digits_only_where_the_worst_case_is_exact(monkeypatch):
+    """The self-test behind digit_bits() fails on a kernel that adds pairs of products in saturating int16
+    (vpmaddubsw without VNNI), which 7-bit digits never saturate and 8-bit ones do."""
+    exact = int8gemm._matmul_u8s8
+
+    def pairs_saturating(a_u8, zero_point, b_s8, threads):
+        a, b = a_u8.astype(np.int64), b_s8.astype(np.int64)
+        if a.shape[1] % 2:
+            a, b = np.pad(a, ((0, 0), (0, 1))), np.pad(b, ((0, 1), (0, 0)))
+        products = a[:, :, None] * b[None, :, :]
+        pairs = np.clip(products[:, 0::2] + products[:, 1::2], -(2**15), 2**15 - 1)
+        return (pairs.sum(axis=1) - zero_point * b_s8.astype(np.int64).sum(axis=0)).astype(np.int32)
+
+    assert int8gemm._worst_case_exact(7) and int8gemm._worst_case_exact(8) == (int8gemm.digit_bits() == 8)
+    monkeypatch.setattr(int8gemm, "_matmul_u8s8", pairs_saturating)
+    assert int8gemm._worst_case_exact(7) and not int8gemm._worst_case_exact(8)
+    monkeypatch.setattr(int8gemm, "_matmul_u8s8", exact)
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", None)
+    monkeypatch.setenv("NITRO_INT8_DIGIT_BITS", "7")
+    assert int8gemm.digit_bits() == 7
+
+
+def test_plan_takes_the_int8_path_by_cost_and_falls_back_past_its_bounds(digits):
     assert gemm_plan(1152, 128, 60, int8_side="left").path == "int8x1"
     assert gemm_plan(1152, 128, 5000, int8_side="left").path == "int8x2"
-    assert gemm_plan(50176, 20_000, 128, allow_slices=False, int8_side="right").path == "int8x3"
+    # 20,000 takes three 7-bit digits, two 8-bit ones.
+    three = "int8x3" if digits == 7 else "int8x2"
+    assert gemm_plan(50176, 20_000, 128, allow_slices=False, int8_side="right").path == three
     # float32 (cost 2.5) beats three limbs; float64 (5.5) does not.
     assert gemm_plan(1, 128, 100_000, int8_side="left").path == "float32"
     assert gemm_plan(10_000, 128, 100_000, int8_side="left").path == "int8x3"
     # Too wide for MAX_LIMBS digits: the float or int64 path, never a wrapped limb.
-    wide = int8gemm.limb_capacity(kernels.MAX_LIMBS) + 1
+    wide = int8gemm.limb_capacity(kernels.MAX_LIMBS, digits) + 1
     assert gemm_plan(4, 128, wide, int8_side="left").path == "float64"
-    assert gemm_plan(2**20, 128, wide, int8_side="left").path == "int64"
+    assert gemm_plan(2**16, 128, wide, int8_side="left").path == "int64"
     assert gemm_plan(1152, 128, 60).path == "float32"  # no int8 operand: no int8 path
     # Its fixed cost per call keeps small products on the float paths.
     assert gemm_plan(100, 128, 60, int8_side="left", outer=64 * 50).path == "float32"
     assert gemm_plan(784, 128, 60, int8_side="left", outer=512 * 100).path == "int8x1"
-    # A short inner dimension: writing and recombining the int32 outputs would cost more than float32.
-    assert gemm_plan(64, 128, 1000, int8_side="right", outer=3000 * 3072).path == "float32"
     # A short inner dimension: writing and recombining the int32 outputs would cost more than float32.
     assert gemm_plan(64, 128, 1000, int8_side="right", outer=3000 * 3072).path == "float32"
 
@@ -143,24 +179,24 @@ def test_a_transposed_wide_operand_is_split_in_its_own_memory_order(int8_on):
 
 def test_split_limbs_trusts_a_measured_bound_and_refuses_one_too_large():
     v = np.array([[8127, -8127, 5]])
-    assert int8gemm.split_limbs(v, 2, bound=8127).tolist() == int8gemm.split_limbs(v, 2).tolist()
+    assert int8gemm.split_limbs(v, 2, 7, bound=8127).tolist() == int8gemm.split_limbs(v, 2, 7).tolist()
     with pytest.raises(ValueError, match="do not fit 2 limbs"):
-        int8gemm.split_limbs(v, 2, bound=9000)
+        int8gemm.split_limbs(v, 2, 7, bound=9000)
 
 
-def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on):
+def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on, digits):
     rng = np.random.default_rng(3)
     x = extreme_operand(rng, (3, 2**16), 127).astype(np.int8)
     x[:, :] = -128
     w = extreme_operand(rng, (2**16, 2), 2**31 - 1).astype(np.int32)  # bound 2^16 * 2^7 * 2^31 > 2^53
     w[:, 0] = -(2**31) + 1
     plan = gemm_plan(2**16, 128, 2**31 - 1, int8_side="left")
-    assert plan.path == "int8x5" and not plan.exact_float
+    assert plan.path == "int8x5" and not plan.exact_float  # 4 digits of either width hold less than 2^31
     assert matmul(x, w).tolist() == ref_matmul(x, w)
 
 
 @pytest.mark.parametrize("wmax", [50, 3000, 400_000, 2**31 - 1])
-def test_kernels_match_the_reference_with_and_without_the_int8_path(monkeypatch, wmax):
+def test_kernels_match_the_reference_with_and_without_the_int8_path(monkeypatch, wmax, digits):
     # Small shapes: without its fixed costs, the int8 path takes them all the same.
     monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
     monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
@@ -203,7 +239,7 @@ def train_reduced_vgg(steps: int, grow: int) -> tuple[dict, set]:
 
 
 @pytest.mark.parametrize("grow", [1, 300])
-def test_training_gives_identical_parameters_on_the_int8_and_float_paths(monkeypatch, grow):
+def test_training_gives_identical_parameters_on_the_int8_and_float_paths(monkeypatch, grow, digits):
     monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
     monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)

@@ -1,19 +1,26 @@
 """Exact integer products on 8-bit integer hardware (AVX-512 VNNI, AVX2, NEON dot products).
 
 One operand of every large product of NITRO-D is int8 (activations). The other (weights, errors) is split
-into balanced base-128 digits ("limbs") `v = sum_i d_i * 128^i` with every d_i in [-64, 63], so that each
-limb product is an 8-bit x 8-bit GEMM with int32 accumulators, run by ONNX Runtime's MatMulInteger
-(uint8 x int8, the fast kernel on every CPU it supports). Why it is exact:
+into balanced base-2^b digits ("limbs") `v = sum_i d_i * 2^(b*i)` with every d_i in [-2^(b-1), 2^(b-1) - 1],
+so that each limb product is an 8-bit x 8-bit GEMM with int32 accumulators, run by ONNX Runtime's
+MatMulInteger (uint8 x int8, the fast kernel on every CPU it supports). Why it is exact:
 
-- The uint8 operand is either the int8 activation plus 128 (values in [0, 255], against digits in
-  [-64, 63]) or a digit plus 64 (values in [0, 127], against int8 activations); MatMulInteger subtracts the
-  128 or 64 back as its zero point. Either way a pair of 8-bit products is at most 2 * 255 * 64 = 32,640 or
-  2 * 127 * 128 = 32,512 in magnitude, so even kernels that add pairs in saturating int16 (AVX2's
-  vpmaddubsw) never saturate.
-- Each limb product is a sum of K terms of magnitude at most 128 * 128 = 2^14, so it fits int32 when
-  K * 2^14 < 2^31; longer inner dimensions are cut into slices of at most `MAX_K` and summed wider.
-- The limbs are recombined by Horner's rule in float64 when the whole product is provably below 2^53
-  (every partial value is then an integer float64 holds exactly), else in int64.
+- The uint8 operand is either the int8 activation plus 128 (values in [0, 255], against digits) or a digit
+  plus 2^(b-1) (values in [0, 2^b - 1], against int8 activations); MatMulInteger subtracts that shift back as
+  its zero point. Every 8-bit product is then at most 255 * 2^(b-1) in magnitude.
+- Digit width b = 7 (the default): a pair of products is at most 2 * 255 * 64 = 32,640, so even kernels that
+  add pairs in saturating int16 (AVX2's and AVX-512's vpmaddubsw) never saturate.
+  Digit width b = 8, only where `digit_bits()` proves it: pairs reach 65,280, which only kernels without an
+  int16 stage sum exactly. ONNX Runtime's GEMM library (MLAS) uses such a kernel on CPUs with VNNI
+  (vpdpbusd(s): four 8-bit products added straight into the int32 accumulator). It is taken only where the
+  CPU reports VNNI *and* a self-test at the worst case comes out exact: every product at its extreme, all of
+  one sign, so every partial sum at any width is as large as a partial sum can be; a kernel that saturated
+  or wrapped anywhere would fail it. With fewer digits (2 instead of 3 for values up to 32,639), a grown
+  training state takes a third fewer limb products.
+- Each limb product is a sum of K such terms, so it fits int32 when K * 255 * 2^(b-1) < 2^31 (`max_k`);
+  longer inner dimensions are cut into slices and summed wider.
+- The limbs are recombined in float64 when the whole product is provably below 2^53 (every partial value is
+  then an integer float64 holds exactly), else in int64.
 
 ONNX Runtime is used only as a GEMM library; `available()` is False without it and the callers keep their
 float paths.
@@ -26,70 +33,76 @@ from typing import Any
 
 import numpy as np
 
-LIMB_BITS = 7
-LIMB_BASE = 1 << LIMB_BITS
-LIMB_LOW = -(LIMB_BASE // 2)  # digits in [-64, 63]
-LIMB_HIGH = LIMB_BASE // 2 - 1
-# The largest inner dimension of one limb product: K * 128 * 128 < 2^31.
-MAX_K = (2**31 - 1) // (128 * 128)
+SAFE_BITS = 7
+VNNI_BITS = 8
 FLOAT64_EXACT = 2**53
 
 _SESSIONS: dict[tuple[int, int], Any] = {}
+_DIGIT_BITS: int | None = None
 
 
-def limb_capacity(limbs: int) -> int:
-    """The largest |v| that `limbs` balanced digits represent (on both sides): 63 * (128^L - 1) / 127."""
-    return LIMB_HIGH * (LIMB_BASE**limbs - 1) // (LIMB_BASE - 1)
+def max_k(bits: int) -> int:
+    """The longest inner dimension of one limb product: K * 255 * 2^(bits-1) < 2^31 (no int32 overflow)."""
+    return (2**31 - 1) // (255 << (bits - 1))
 
 
-def limbs_needed(bound: int) -> int:
+def limb_capacity(limbs: int, bits: int) -> int:
+    """The largest |v| that `limbs` balanced digits represent (on both sides): h * (B^L - 1) / (B - 1) with
+    B = 2^bits and h = B / 2 - 1."""
+    base = 1 << bits
+    return (base // 2 - 1) * (base**limbs - 1) // (base - 1)
+
+
+def limbs_needed(bound: int, bits: int) -> int:
     """The fewest digits that represent every integer of magnitude up to `bound`."""
     limbs = 1
-    while limb_capacity(limbs) < bound:
+    while limb_capacity(limbs, bits) < bound:
         limbs += 1
     return limbs
 
 
-def split_limbs(v: np.ndarray, limbs: int, axis: int = 0, bound: int | None = None) -> np.ndarray:
-    """Balanced base-128 digits of v as int8, least significant first, stacked on a new `axis` of a
+def split_limbs(v: np.ndarray, limbs: int, bits: int, axis: int = 0, bound: int | None = None) -> np.ndarray:
+    """Balanced base-2^bits digits of v as int8, least significant first, stacked on a new `axis` of a
     C-contiguous array ([limbs, *v.shape] by default; axis=1 lays a matrix's digits out as [K, limbs, N]).
 
     `bound`, when given, is max|v| as the caller measured it; otherwise the top digit (what remains after
-    the others) is checked to lie in [-64, 63]. Either way a v too large for `limbs` digits raises
+    the others) is checked to lie in the digit range. Either way a v too large for `limbs` digits raises
     ValueError instead of losing its high part.
     """
-    if bound is not None and bound > limb_capacity(limbs):
+    if bound is not None and bound > limb_capacity(limbs, bits):
         raise ValueError(f"values up to {bound} do not fit {limbs} limbs")
     shape = list(v.shape)
     shape.insert(axis, limbs)
     if limbs == 1:  # the value is its own digit
         if bound is None:
-            _check_top_digit(v, v, limbs)
+            _check_top_digit(v, v, limbs, bits)
         return v.astype(np.int8).reshape(shape)
-    # The narrowest type in which every value and remainder (|.| < capacity + 64) is exact.
-    cap = limb_capacity(limbs) if bound is None else bound
+    # The narrowest type in which every value and remainder (|.| < capacity + 2^bits) is exact.
+    cap = limb_capacity(limbs, bits) if bound is None else bound
     wide = np.int16 if cap < 2**14 else np.int32 if cap < 2**30 else np.int64
     if bound is None and v.dtype.itemsize > np.dtype(wide).itemsize and v.size:
         wide = np.int64  # unmeasured: keep every value as it is until the check
+    low, base = -(1 << (bits - 1)), 1 << bits
     rest = np.array(v, dtype=wide, order="C")  # a copy: the loop works in place
     out = np.empty(shape, dtype=np.int8)
     digits = np.moveaxis(out, axis, 0)  # a view: digits[i] writes the i-th limb in place
     digit = np.empty_like(rest)
     for i in range(limbs - 1):
-        np.subtract(rest, LIMB_LOW, out=digit)
-        np.bitwise_and(digit, LIMB_BASE - 1, out=digit)
-        digit += LIMB_LOW
+        np.subtract(rest, low, out=digit)
+        np.bitwise_and(digit, base - 1, out=digit)
+        digit += low
         digits[i] = digit
         rest -= digit
-        rest >>= LIMB_BITS  # exact: rest is now a multiple of 128
+        rest >>= bits  # exact: rest is now a multiple of 2^bits
     if bound is None:
-        _check_top_digit(rest, v, limbs)
+        _check_top_digit(rest, v, limbs, bits)
     digits[limbs - 1] = rest
     return out
 
 
-def _check_top_digit(top: np.ndarray, v: np.ndarray, limbs: int) -> None:
-    if top.size and (int(top.min()) < LIMB_LOW or int(top.max()) > LIMB_HIGH):
+def _check_top_digit(top: np.ndarray, v: np.ndarray, limbs: int, bits: int) -> None:
+    half = 1 << (bits - 1)
+    if top.size and (int(top.min()) < -half or int(top.max()) > half - 1):
         raise ValueError(f"values up to {int(np.abs(v.astype(np.int64)).max())} do not fit {limbs} limbs")
 
 
@@ -100,6 +113,39 @@ def available() -> bool:
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
+    return True
+
+
+def digit_bits() -> int:
+    """8 where 8-bit digits are proven exact on this machine (see the module docstring), else 7. Setting
+    NITRO_INT8_DIGIT_BITS=7 keeps 7-bit digits everywhere."""
+    global _DIGIT_BITS
+    if _DIGIT_BITS is None:
+        wide = os.environ.get("NITRO_INT8_DIGIT_BITS", "") != str(SAFE_BITS) and _cpu_has_vnni() and \
+            _worst_case_exact(VNNI_BITS)
+        _DIGIT_BITS = VNNI_BITS if wide else SAFE_BITS
+    return _DIGIT_BITS
+
+
+def _cpu_has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def _worst_case_exact(bits: int) -> bool:
+    """MatMulInteger against exact products with every term at its extreme for `bits`-bit digits, both
+    signs, both shifts, at shapes that reach the kernels' full tiles and their edges."""
+    half = 1 << (bits - 1)
+    for m, k, n in ((1, 1, 1), (3, 67, 17), (64, 1024, 130)):
+        for a, b in ((255, -half), (255, half - 1), ((1 << bits) - 1, -128), ((1 << bits) - 1, 127)):
+            for zero_point in (0, min(a, 128)):
+                y = _matmul_u8s8(np.full((m, k), a, np.uint8), zero_point, np.full((k, n), b, np.int8), 1)
+                if not (y == (a - zero_point) * b * k).all():
+                    return False
     return True
 
 
@@ -129,26 +175,26 @@ def _session(threads: int) -> Any:
 
 
 def _matmul_u8s8(a_u8: np.ndarray, zero_point: int, b_s8: np.ndarray, threads: int) -> np.ndarray:
-    """(a_u8 - zero_point) @ b_s8 as int32, its inner dimension at most MAX_K (checked by the callers)."""
+    """(a_u8 - zero_point) @ b_s8 as int32, its inner dimension at most max_k (checked by the callers)."""
     feeds = {"A": np.ascontiguousarray(a_u8), "B": np.ascontiguousarray(b_s8),
              "a_zero_point": np.array(zero_point, dtype=np.uint8)}
     return _session(threads).run(None, feeds)[0]
 
 
-def _combine(parts: list[np.ndarray], exact_float: bool) -> np.ndarray:
-    """sum_i parts[i] * 128^i by Horner's rule, in float64 (when proven exact) or int64."""
-    dtype = np.float64 if exact_float else np.int64
-    out = parts[-1].astype(dtype)
+def _combine(parts: list[np.ndarray], exact_float: bool, bits: int) -> np.ndarray:
+    """sum_i parts[i] * 2^(bits*i) by Horner's rule, in float64 (when proven exact) or int64."""
+    out = parts[-1].astype(np.float64 if exact_float else np.int64)
     for part in reversed(parts[:-1]):
-        out *= LIMB_BASE
+        out *= 1 << bits
         out += part
     return out
 
 
-def float_combination_exact(k: int, amax: int, bmax: int) -> bool:
+def float_combination_exact(k: int, amax: int, bmax: int, bits: int) -> bool:
     """Whether the limbs of a product with these bounds may be recombined in float64: every Horner partial
-    value is below k * amax * (bmax + 128) (a digit's carry per step), so this must stay below 2^53."""
-    return k * (amax + LIMB_BASE) * (bmax + LIMB_BASE) < FLOAT64_EXACT
+    value is below k * amax * (bmax + 2^bits) (a digit's carry per step), so this must stay below 2^53."""
+    base = 1 << bits
+    return k * (amax + base) * (bmax + base) < FLOAT64_EXACT
 
 
 def shift_int8(a: np.ndarray) -> np.ndarray:
@@ -156,7 +202,7 @@ def shift_int8(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8) ^ np.uint8(0x80)
 
 
-def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool, threads: int,
+def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_float: bool, threads: int,
                      bound: int | None = None) -> np.ndarray:
     """a @ b for int8 a [M, K] and any integer b [K, N] that fits `limbs` digits (max|b| <= `bound` when
     given, see split_limbs). `a` may also be given already shifted, as the uint8 array shift_int8(a) (im2col
@@ -166,27 +212,31 @@ def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool
     """
     k, n = b.shape
     a_u8 = a if a.dtype == np.uint8 else shift_int8(a)
-    digits = split_limbs(b, limbs, axis=1, bound=bound).reshape(k, limbs * n)
+    digits = split_limbs(b, limbs, bits, axis=1, bound=bound).reshape(k, limbs * n)
     total = None
-    for start in range(0, k, MAX_K):
-        y = _matmul_u8s8(a_u8[:, start : start + MAX_K], 128, digits[start : start + MAX_K], threads)
-        part = _combine([y[:, i * n : (i + 1) * n] for i in range(limbs)], exact_float)
+    step = max_k(bits)
+    for start in range(0, k, step):
+        y = _matmul_u8s8(a_u8[:, start : start + step], 128, digits[start : start + step], threads)
+        part = _combine([y[:, i * n : (i + 1) * n] for i in range(limbs)], exact_float, bits)
         total = part if total is None else total + part
     return total
 
 
-def matmul_int8_right(a: np.ndarray, b: np.ndarray, limbs: int, exact_float: bool, threads: int,
+def matmul_int8_right(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_float: bool, threads: int,
                       bound: int | None = None) -> np.ndarray:
     """a @ b for any integer a [M, K] that fits `limbs` digits (max|a| <= `bound` when given) and int8
     b [K, N].
 
-    The limbs of a, shifted by 64 into [0, 127], are stacked, [limbs * M, K], so all take one GEMM.
+    The limbs of a, shifted by 2^(bits-1) into [0, 2^bits - 1], are stacked, [limbs * M, K], so all take
+    one GEMM.
     """
     m, k = a.shape
-    digits_u8 = split_limbs(a, limbs, bound=bound).reshape(limbs * m, k).view(np.uint8) + np.uint8(-LIMB_LOW)
+    half = 1 << (bits - 1)
+    digits_u8 = split_limbs(a, limbs, bits, bound=bound).reshape(limbs * m, k).view(np.uint8) + np.uint8(half)
     total = None
-    for start in range(0, k, MAX_K):
-        y = _matmul_u8s8(digits_u8[:, start : start + MAX_K], -LIMB_LOW, b[start : start + MAX_K], threads)
-        part = _combine([y[i * m : (i + 1) * m] for i in range(limbs)], exact_float)
+    step = max_k(bits)
+    for start in range(0, k, step):
+        y = _matmul_u8s8(digits_u8[:, start : start + step], half, b[start : start + step], threads)
+        part = _combine([y[i * m : (i + 1) * m] for i in range(limbs)], exact_float, bits)
         total = part if total is None else total + part
     return total

@@ -6,7 +6,7 @@ dot product of integers is bounded by K * max|a| * max|b|, so float32 is exact b
 float32 as a whole may still run in float32 in slices of the inner dimension, each below 2^24, summed in
 float64. Past 2^53 the kernels fall back to NumPy's int64 product, and past 2^63 they raise instead of
 wrapping. On the CPU, a product with an int8 operand may instead run as a few exact 8-bit GEMMs, one per
-7-bit limb of the other operand (`int8gemm`), where that is cheaper than the float path.
+7- or 8-bit limb of the other operand (`int8gemm`), where that is cheaper than the float path.
 
 Division of such an exact float result y by an integer s (|y|, s < 2^p with p the float's precision) then
 truncates exactly: the rounding error of y / s is below |y / s| * 2^-p < 1 / s, while y / s is at least 1 / s
@@ -45,7 +45,7 @@ PATH_COST = {"int8": 1.0, "float32": 2.5, "float64": 5.5, "int64": 50.0}
 # Small products, and products with a short inner dimension, stay float.
 INT8_CALL_COST = 5_000_000
 INT8_OUTPUT_COST = 160
-# The widest operand the int8 path splits: 5 limbs hold any int32 (|v| < 1.7e10).
+# The widest operand the int8 path splits: 5 limbs hold any int32 (|v| < 1.7e10 with 7-bit digits).
 MAX_LIMBS = 5
 # sgd_update works through NumPy arrays in chunks of this many elements (float64 temporaries of 512 KiB).
 SGD_CHUNK_ELEMENTS = 2**16
@@ -215,6 +215,7 @@ class GemmPlan:
     k_slice: int
     int8_side: str = ""  # "left" or "right"
     limbs: int = 0
+    bits: int = 0  # digit width of the limbs
     exact_float: bool = True
     wide_bound: int = 0  # max|.| of the operand split into limbs
     k: int = 0  # the product's inner size, for `path`
@@ -261,14 +262,16 @@ def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True, int8_side
         raise IntegerOverflowError(f"integer product overflows int64: inner size {k} x max|a| {amax} x "
                                    f"max|b| {bmax} = {bound} >= 2^63")
     if int8_side:
-        wide = bmax if int8_side == "left" else amax
-        limbs = int8gemm.limbs_needed(wide)
+        wide, bits = bmax if int8_side == "left" else amax, int8gemm.digit_bits()
+        limbs = int8gemm.limbs_needed(wide, bits)
         macs = outer * k if outer else 1  # unknown size: compare the cost of one multiply-add alone
         int8_cost = limbs * PATH_COST["int8"] * (macs + INT8_OUTPUT_COST * outer) + \
             (INT8_CALL_COST if outer else 0)
-        if limbs <= MAX_LIMBS and int8_cost < PATH_COST[plan.dtype] * macs:
-            return GemmPlan("int8", k, int8_side, limbs, int8gemm.float_combination_exact(k, amax, bmax),
-                            wide, k=k)
+        # Its int64 recombination's partial values stay below the padded bound (float_combination_exact).
+        fits = k * (amax + 256) * (bmax + 256) < INT64_LIMIT
+        if limbs <= MAX_LIMBS and fits and int8_cost < PATH_COST[plan.dtype] * macs:
+            return GemmPlan("int8", k, int8_side, limbs, bits,
+                            int8gemm.float_combination_exact(k, amax, bmax, bits), wide, k=k)
     return plan
 
 
@@ -320,7 +323,7 @@ def _gemm_untimed(a: Any, b: Any, plan: GemmPlan) -> Any:
         if flip:
             a, b, left = b.T, np.ascontiguousarray(a.T), not left
         run = int8gemm.matmul_int8_left if left else int8gemm.matmul_int8_right
-        out = run(a, b, plan.limbs, plan.exact_float, cpu_threads(), plan.wide_bound)
+        out = run(a, b, plan.limbs, plan.bits, plan.exact_float, cpu_threads(), plan.wide_bound)
         return out.T if flip else out
     if plan.dtype == "int64":
         return xp.matmul(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False))
