@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import resource
 import shlex
 import shutil
@@ -58,6 +59,7 @@ import numpy as np
 
 from nitro_cli.data import DATASETS, augment_batch, one_hot
 from nitro_cli.engine import ProductRecord, RngStreams, labelled, trace_products
+from nitro_cli.engine.host import cpu_threads
 from nitro_cli.errors import NitroError
 from nitro_cli.nn import IntegerConv2d, NitroNet, build_model
 from nitro_cli.optim import IntegerSGD
@@ -412,8 +414,12 @@ def nitro_train_case(args: argparse.Namespace) -> dict[str, Any]:
                      f"resume={run}/checkpoints/last.npz", f"hydra.run.dir={run}",
                      f"trainer.max_epochs={epoch + 1}", f"trainer.limit_train_batches={batches}",
                      f"trainer.limit_test_batches={args.test_batches}", "trainer.progress=none"]
+        # The threads of the in-process cases: left to itself, nitro would read the load the cases before it
+        # left in the load average as a busy machine and take one BLAS thread.
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(cpu_threads())}
         started = time.perf_counter()
-        res = subprocess.run([*nitro_command(), "train", *overrides], capture_output=True, text=True, cwd=tmp)
+        res = subprocess.run([*nitro_command(), "train", *overrides], capture_output=True, text=True, cwd=tmp,
+                             env=env)
         wall = time.perf_counter() - started
         if res.returncode != 0:
             lines = [line for line in res.stderr.splitlines() if line.strip()] or [f"exit {res.returncode}"]
@@ -432,7 +438,7 @@ def nitro_train_case(args: argparse.Namespace) -> dict[str, Any]:
         "samples": samples, "train_seconds": round(seconds, 3), "batches": batches, "batch": BATCH,
         "epoch_seconds": float(row["seconds"]), "test_images": args.test_batches * BATCH,
         "summary_samples_per_s": summary["samples_per_s"], "summary_epochs": summary["epochs_run"],
-        "wall_seconds": round(wall, 2),
+        "wall_seconds": round(wall, 2), "threads": int(env["OPENBLAS_NUM_THREADS"]),
         "command": shlex.join(["nitro", "train", *overrides]).replace(tmp, "<tmp>"),
         "checkpoint": checkpoint_info(path, ckpt, {k.removesuffix("/weight"): v for k, v in
                                                    ckpt.section("param/", strip=True).items()

@@ -82,18 +82,22 @@ def split_limbs(v: np.ndarray, limbs: int, bits: int, axis: int = 0, bound: int 
     wide = np.int16 if cap < 2**14 else np.int32 if cap < 2**30 else np.int64
     if bound is None and v.dtype.itemsize > np.dtype(wide).itemsize and v.size:
         wide = np.int64  # unmeasured: keep every value as it is until the check
-    low, base = -(1 << (bits - 1)), 1 << bits
-    rest = np.array(v, dtype=wide, order="C")  # a copy: the loop works in place
+    half = 1 << (bits - 1)
     out = np.empty(shape, dtype=np.int8)
     digits = np.moveaxis(out, axis, 0)  # a view: digits[i] writes the i-th limb in place
-    digit = np.empty_like(rest)
+    rest = v
     for i in range(limbs - 1):
-        np.subtract(rest, low, out=digit)
-        np.bitwise_and(digit, base - 1, out=digit)
-        digit += low
-        digits[i] = digit
-        rest -= digit
-        rest >>= bits  # exact: rest is now a multiple of 2^bits
+        # The balanced digit is the low `bits` bits of rest read as a signed number: the low byte (of rest
+        # shifted up to fill it), cast in unsigned types, where narrowing keeps the low bits by definition.
+        low = rest.view(f"u{rest.dtype.itemsize}")
+        if bits < 8:
+            low = np.left_shift(low, 8 - bits)
+        np.copyto(digits[i].view(np.uint8), low, casting="unsafe")
+        if bits < 8:
+            digits[i] >>= 8 - bits  # arithmetic: sign-extends the digit
+        # (rest - digit) / 2^bits = floor((rest + half) / 2^bits): exact, in place after the first step.
+        rest = np.add(rest, half, dtype=wide) if i == 0 else np.add(rest, half, out=rest)
+        rest >>= bits
     if bound is None:
         _check_top_digit(rest, v, limbs, bits)
     digits[limbs - 1] = rest
@@ -182,9 +186,14 @@ def _matmul_u8s8(a_u8: np.ndarray, zero_point: int, b_s8: np.ndarray, threads: i
 
 
 def _combine(parts: list[np.ndarray], exact_float: bool, bits: int) -> np.ndarray:
-    """sum_i parts[i] * 2^(bits*i) by Horner's rule, in float64 (when proven exact) or int64."""
-    out = parts[-1].astype(np.float64 if exact_float else np.int64)
-    for part in reversed(parts[:-1]):
+    """sum_i parts[i] * 2^(bits*i) by Horner's rule, in float64 (when proven exact) or int64; the first
+    step converts and scales the top part in one pass."""
+    dtype = np.float64 if exact_float else np.int64
+    if len(parts) == 1:
+        return parts[0].astype(dtype)
+    out = np.multiply(parts[-1], dtype(1 << bits), dtype=dtype)
+    out += parts[-2]
+    for part in reversed(parts[:-2]):
         out *= 1 << bits
         out += part
     return out
