@@ -44,6 +44,19 @@ def extreme_operand(rng: np.random.Generator, shape: tuple[int, int], bound: int
     return v
 
 
+# Every GEMM library installed here; ONNX Runtime is a dependency, PyTorch an optional one.
+LIBRARIES = ["onnxruntime",
+             pytest.param("torch", marks=pytest.mark.skipif(not int8gemm._torch_available(),
+                                                            reason="torch is not installed"))]
+
+
+@pytest.fixture(params=LIBRARIES)
+def library(request, monkeypatch) -> str:
+    """The GEMM library of the limb products."""
+    monkeypatch.setattr(int8gemm, "_BACKEND", request.param)
+    return request.param
+
+
 @pytest.fixture(params=DIGIT_BITS)
 def digits(request, monkeypatch) -> int:
     """The engine's digit width, for the tests that go through gemm_plan."""
@@ -82,7 +95,7 @@ def test_split_limbs_round_trips_at_the_capacity_of_every_limb_count(limbs, bits
 @pytest.mark.parametrize("bits", DIGIT_BITS)
 @pytest.mark.parametrize("limbs", LIMB_COUNTS)
 @pytest.mark.parametrize("exact_float", [True, False])
-def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_float, bits):
+def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_float, bits, library):
     rng = np.random.default_rng(100 + limbs)
     cap = int8gemm.limb_capacity(limbs, bits)
     x = extreme_operand(rng, (13, 37), 127).astype(np.int8)
@@ -100,9 +113,9 @@ def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_
 
 @pytest.mark.parametrize("bits", DIGIT_BITS)
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side, bits):
+def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side, bits, library):
     """Slices of max_k terms, summed wider; and at the real max_k the worst-case sum still fits int32."""
-    monkeypatch.setattr(int8gemm, "max_k", lambda bits: 16)
+    monkeypatch.setattr(int8gemm, "max_k", lambda: 16)
     rng = np.random.default_rng(7)
     x = extreme_operand(rng, (5, 50), 127).astype(np.int8)
     w = extreme_operand(rng, (50, 4), int8gemm.limb_capacity(3, bits))
@@ -112,7 +125,7 @@ def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side, bits)
         got = int8gemm.matmul_int8_right(w.T.copy(), x.T.copy(), 3, bits, True, 1)
         assert got.astype(object).tolist() == ref_matmul(w.T, x.T)
     monkeypatch.undo()
-    k, half = int8gemm.max_k(bits), 1 << (bits - 1)
+    k, half = int8gemm.max_k(), 1 << (bits - 1)
     worst_x = np.full((2, k), 127, dtype=np.int8)
     worst_x[1] = -128
     worst_w = np.full((k, 2), -half, dtype=np.int64)
@@ -123,23 +136,44 @@ def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side, bits)
     assert got.tolist() == ref_matmul(worst_w.T, worst_x.T)
 
 
+def pairs_saturating(a_u8: np.ndarray, zero_point: int, b_s8: np.ndarray, threads: int) -> np.ndarray:
+    """(a_u8 - zero_point) @ b_s8 the way vpmaddubsw kernels (no VNNI) add: pairs of products in saturating
+    int16."""
+    a, b = a_u8.astype(np.int64), b_s8.astype(np.int64)
+    if a.shape[1] % 2:
+        a, b = np.pad(a, ((0, 0), (0, 1))), np.pad(b, ((0, 1), (0, 0)))
+    products = a[:, :, None] * b[None, :, :]
+    pairs = np.clip(products[:, 0::2] + products[:, 1::2], -(2**15), 2**15 - 1)
+    return (pairs.sum(axis=1) - zero_point * b_s8.astype(np.int64).sum(axis=0)).astype(np.int32)
+
+
 def test_8_bit_digits_only_where_the_worst_case_is_exact(monkeypatch):
     """The self-test behind digit_bits() fails on a kernel that adds pairs of products in saturating int16
     (vpmaddubsw without VNNI), which 7-bit digits never saturate and 8-bit ones do."""
-    exact = int8gemm._matmul_u8s8
-
-    def pairs_saturating(a_u8, zero_point, b_s8, threads):
-        a, b = a_u8.astype(np.int64), b_s8.astype(np.int64)
-        if a.shape[1] % 2:
-            a, b = np.pad(a, ((0, 0), (0, 1))), np.pad(b, ((0, 1), (0, 0)))
-        products = a[:, :, None] * b[None, :, :]
-        pairs = np.clip(products[:, 0::2] + products[:, 1::2], -(2**15), 2**15 - 1)
-        return (pairs.sum(axis=1) - zero_point * b_s8.astype(np.int64).sum(axis=0)).astype(np.int32)
-
-    assert int8gemm._worst_case_exact(7) and int8gemm._worst_case_exact(8) == (int8gemm.digit_bits() == 8)
+    bits = int8gemm.digit_bits()
+    assert int8gemm._worst_case_exact(7, int8gemm.backend())
+    assert int8gemm._worst_case_exact(8, int8gemm.backend()) == (bits == 8)
     monkeypatch.setattr(int8gemm, "_matmul_u8s8", pairs_saturating)
-    assert int8gemm._worst_case_exact(7) and not int8gemm._worst_case_exact(8)
-    monkeypatch.setattr(int8gemm, "_matmul_u8s8", exact)
+    assert int8gemm._worst_case_exact(7, "onnxruntime") and not int8gemm._worst_case_exact(8, "onnxruntime")
+    # A torch-like int8 x int8 kernel that shifts its left operand into uint8 itself saturates a pair of
+    # 7-bit digits (shifted to 191) times -128 as well: such a library is not used at all.
+    monkeypatch.setattr(int8gemm, "_matmul_s8s8",
+                        lambda a, b, threads: pairs_saturating(int8gemm.shift_int8(a), 128, b, threads))
+    assert not int8gemm._worst_case_exact(7, "torch")
+    monkeypatch.setattr(int8gemm, "_torch_available", lambda: True)
+
+    def chosen_backend(chosen: str) -> str:
+        monkeypatch.setattr(int8gemm, "_BACKEND", None)
+        monkeypatch.setenv("NITRO_INT8_BACKEND", chosen)
+        return int8gemm.backend()
+
+    for chosen, message in (("torch", "failed the exactness self-test"), ("cuda", "use one of")):
+        with pytest.raises(ValueError, match=message):
+            chosen_backend(chosen)
+    assert chosen_backend("") == chosen_backend("onnxruntime") == "onnxruntime"
+    monkeypatch.setattr(int8gemm, "_matmul_s8s8", lambda a, b, threads: a.astype(np.int32) @ b)
+    assert chosen_backend("torch") == "torch"
+    monkeypatch.undo()
     monkeypatch.setattr(int8gemm, "_DIGIT_BITS", None)
     monkeypatch.setenv("NITRO_INT8_DIGIT_BITS", "7")
     assert int8gemm.digit_bits() == 7
@@ -166,7 +200,7 @@ def test_plan_takes_the_int8_path_by_cost_and_falls_back_past_its_bounds(digits)
     assert gemm_plan(64, 128, 1000, int8_side="right", outer=3000 * 3072).path == "float32"
 
 
-def test_a_transposed_wide_operand_is_split_in_its_own_memory_order(int8_on):
+def test_a_transposed_wide_operand_is_split_in_its_own_memory_order(int8_on, library):
     rng = np.random.default_rng(5)
     x = extreme_operand(rng, (64, 300), 127).astype(np.int8)
     w = extreme_operand(rng, (200, 300), 5000).astype(np.int32)  # a linear layer's [out, in]
@@ -185,7 +219,7 @@ def test_split_limbs_trusts_a_measured_bound_and_refuses_one_too_large():
         int8gemm.split_limbs(v, 2, 7, bound=9000)
 
 
-def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on, digits):
+def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on, digits, library):
     rng = np.random.default_rng(3)
     x = extreme_operand(rng, (3, 2**16), 127).astype(np.int8)
     x[:, :] = -128
@@ -197,7 +231,7 @@ def test_the_limbs_recombine_in_int64_where_float64_would_not_be_exact(int8_on, 
 
 
 @pytest.mark.parametrize("wmax", [50, 3000, 400_000, 2**31 - 1])
-def test_kernels_match_the_reference_with_and_without_the_int8_path(monkeypatch, wmax, digits):
+def test_kernels_match_the_reference_with_and_without_the_int8_path(monkeypatch, wmax, digits, library):
     # Small shapes: without its fixed costs, the int8 path takes them all the same.
     monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
     monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
@@ -240,7 +274,7 @@ def train_reduced_vgg(steps: int, grow: int) -> tuple[dict, set]:
 
 
 @pytest.mark.parametrize("grow", [1, 300])
-def test_training_gives_identical_parameters_on_the_int8_and_float_paths(monkeypatch, grow, digits):
+def test_training_gives_identical_parameters_on_the_int8_and_float_paths(monkeypatch, grow, digits, library):
     monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
     monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)

@@ -7,7 +7,7 @@ MatMulInteger (uint8 x int8, the fast kernel on every CPU it supports). Why it i
 
 - The uint8 operand is either the int8 activation plus 128 (values in [0, 255], against digits) or a digit
   plus 2^(b-1) (values in [0, 2^b - 1], against int8 activations); MatMulInteger subtracts that shift back as
-  its zero point. Every 8-bit product is then at most 255 * 2^(b-1) in magnitude.
+  its zero point. Every 8-bit product is then at most 255 * 128 in magnitude.
 - Digit width b = 7 (the default): a pair of products is at most 2 * 255 * 64 = 32,640, so even kernels that
   add pairs in saturating int16 (AVX2's and AVX-512's vpmaddubsw) never saturate.
   Digit width b = 8, only where `digit_bits()` proves it: pairs reach 65,280, which only kernels without an
@@ -17,13 +17,15 @@ MatMulInteger (uint8 x int8, the fast kernel on every CPU it supports). Why it i
   one sign, so every partial sum at any width is as large as a partial sum can be; a kernel that saturated
   or wrapped anywhere would fail it. With fewer digits (2 instead of 3 for values up to 32,639), a grown
   training state takes a third fewer limb products.
-- Each limb product is a sum of K such terms, so it fits int32 when K * 255 * 2^(b-1) < 2^31 (`max_k`);
-  longer inner dimensions are cut into slices and summed wider.
+- Each limb product is a sum of K such terms, so it fits int32 when K * 255 * 128 < 2^31 (`max_k`); longer
+  inner dimensions are cut into slices and summed wider.
 - The limbs are recombined in float64 when the whole product is provably below 2^53 (every partial value is
   then an integer float64 holds exactly), else in int64.
 
-ONNX Runtime is used only as a GEMM library; `available()` is False without it and the callers keep their
-float paths.
+The GEMM library (`backend()`): ONNX Runtime, or on request PyTorch's `torch._int_mm` (int8 x int8 -> int32,
+oneDNN), which must pass the same worst-case self-test at the digit width in use (every pair of extremes,
+for either operand order, so whichever operand its kernel shifts into uint8). Both are used only as GEMM
+libraries; `available()` is False without ONNX Runtime and the callers keep their float paths.
 """
 
 from __future__ import annotations
@@ -37,13 +39,17 @@ SAFE_BITS = 7
 VNNI_BITS = 8
 FLOAT64_EXACT = 2**53
 
+BACKENDS = ("onnxruntime", "torch")
 _SESSIONS: dict[tuple[int, int], Any] = {}
 _DIGIT_BITS: int | None = None
+_BACKEND: str | None = None
 
 
-def max_k(bits: int) -> int:
-    """The longest inner dimension of one limb product: K * 255 * 2^(bits-1) < 2^31 (no int32 overflow)."""
-    return (2**31 - 1) // (255 << (bits - 1))
+def max_k() -> int:
+    """The longest inner dimension of one limb product: K * 255 * 128 < 2^31. Every product of two 8-bit
+    values, either of them shifted into uint8 (by us or inside the library's kernel), is at most 255 * 128
+    in magnitude, so no int32 sum of a kernel overflows."""
+    return (2**31 - 1) // (255 * 128)
 
 
 def limb_capacity(limbs: int, bits: int) -> int:
@@ -111,7 +117,8 @@ def _check_top_digit(top: np.ndarray, v: np.ndarray, limbs: int, bits: int) -> N
 
 
 def available() -> bool:
-    """Whether ONNX Runtime (and onnx, to build its one-node graph) can be imported."""
+    """Whether ONNX Runtime (with onnx, to build its one-node graph) can be imported: a dependency, the
+    default library and the one the int8 path needs."""
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -120,13 +127,43 @@ def available() -> bool:
     return True
 
 
+def _torch_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return hasattr(torch, "_int_mm")
+
+
+def backend() -> str:
+    """The GEMM library of the limb products: ONNX Runtime, or PyTorch where NITRO_INT8_BACKEND=torch (an
+    optional 5.5 GB dependency; measured here 11% faster on a grown VGG8B step, 2% on a fresh one, 5%
+    slower on MLP4's small products), which must then pass the self-test at 7-bit digits."""
+    global _BACKEND
+    if _BACKEND is None:
+        chosen = os.environ.get("NITRO_INT8_BACKEND", "") or "onnxruntime"
+        if chosen not in BACKENDS:
+            raise ValueError(f"NITRO_INT8_BACKEND={chosen!r}: use one of {', '.join(BACKENDS)}")
+        if chosen == "torch" and not (_torch_available() and _worst_case_exact(SAFE_BITS, "torch")):
+            raise ValueError("NITRO_INT8_BACKEND=torch, but PyTorch is not installed or its torch._int_mm "
+                             "failed the exactness self-test on this CPU")
+        _BACKEND = chosen
+    return _BACKEND
+
+
+def shifted_left_operand() -> bool:
+    """Whether the int8 left operand is passed shifted, as uint8 (ONNX Runtime's MatMulInteger takes it so;
+    torch._int_mm takes int8 as it is)."""
+    return backend() == "onnxruntime"
+
+
 def digit_bits() -> int:
     """8 where 8-bit digits are proven exact on this machine (see the module docstring), else 7. Setting
     NITRO_INT8_DIGIT_BITS=7 keeps 7-bit digits everywhere."""
     global _DIGIT_BITS
     if _DIGIT_BITS is None:
         wide = os.environ.get("NITRO_INT8_DIGIT_BITS", "") != str(SAFE_BITS) and _cpu_has_vnni() and \
-            _worst_case_exact(VNNI_BITS)
+            _worst_case_exact(VNNI_BITS, backend())
         _DIGIT_BITS = VNNI_BITS if wide else SAFE_BITS
     return _DIGIT_BITS
 
@@ -140,16 +177,30 @@ def _cpu_has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
 
 
-def _worst_case_exact(bits: int) -> bool:
-    """MatMulInteger against exact products with every term at its extreme for `bits`-bit digits, both
-    signs, both shifts, at shapes that reach the kernels' full tiles and their edges."""
+def _worst_case_exact(bits: int, library: str) -> bool:
+    """The library's int8 products against exact ones with every term at its extreme for `bits`-bit
+    digits, all of one sign, at shapes that reach the kernels' full tiles and their edges: for ONNX
+    Runtime with both shifts the callers use, for torch with the digits on either side and every pair of
+    extremes (its kernel may shift either operand into uint8)."""
     half = 1 << (bits - 1)
     for m, k, n in ((1, 1, 1), (3, 67, 17), (64, 1024, 130)):
-        for a, b in ((255, -half), (255, half - 1), ((1 << bits) - 1, -128), ((1 << bits) - 1, 127)):
-            for zero_point in (0, min(a, 128)):
-                y = _matmul_u8s8(np.full((m, k), a, np.uint8), zero_point, np.full((k, n), b, np.int8), 1)
-                if not (y == (a - zero_point) * b * k).all():
-                    return False
+        if library == "torch":
+            cases = [(a, b, 0) for ints, digits in (((-128, 127), (-half, half - 1)),
+                                                    ((-half, half - 1), (-128, 127)))
+                     for a in ints for b in digits]
+        else:
+            cases = [(a, b, zero_point) for a, b in ((255, -half), (255, half - 1), ((1 << bits) - 1, -128),
+                                                     ((1 << bits) - 1, 127))
+                     for zero_point in (0, min(a, 128))]
+        for a, b, zero_point in cases:
+            a_full = np.full((m, k), a, np.uint8 if library == "onnxruntime" else np.int8)
+            b_full = np.full((k, n), b, np.int8)
+            if library == "torch":
+                y = _matmul_s8s8(a_full, b_full, 1)
+            else:
+                y = _matmul_u8s8(a_full, zero_point, b_full, 1)
+            if not (y == (a - zero_point) * b * k).all():
+                return False
     return True
 
 
@@ -185,6 +236,16 @@ def _matmul_u8s8(a_u8: np.ndarray, zero_point: int, b_s8: np.ndarray, threads: i
     return _session(threads).run(None, feeds)[0]
 
 
+def _matmul_s8s8(a_s8: np.ndarray, b_s8: np.ndarray, threads: int) -> np.ndarray:
+    """a_s8 @ b_s8 as int32 by torch._int_mm, its inner dimension at most max_k (checked by the callers)."""
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    a, b = (torch.from_numpy(np.ascontiguousarray(x)) for x in (a_s8, b_s8))
+    return torch._int_mm(a, b).numpy()
+
+
 def _combine(parts: list[np.ndarray], exact_float: bool, bits: int) -> np.ndarray:
     """sum_i parts[i] * 2^(bits*i) by Horner's rule, in float64 (when proven exact) or int64; the first
     step converts and scales the top part in one pass."""
@@ -215,17 +276,22 @@ def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_
                      bound: int | None = None) -> np.ndarray:
     """a @ b for int8 a [M, K] and any integer b [K, N] that fits `limbs` digits (max|b| <= `bound` when
     given, see split_limbs). `a` may also be given already shifted, as the uint8 array shift_int8(a) (im2col
-    builds its columns that way, saving a pass).
+    builds its columns that way for ONNX Runtime, see shifted_left_operand, saving a pass).
 
     The limbs of b sit side by side, [K, limbs * N], so all of them take one GEMM.
     """
     k, n = b.shape
-    a_u8 = a if a.dtype == np.uint8 else shift_int8(a)
+    torch_gemm = backend() == "torch"
+    if torch_gemm == (a.dtype == np.uint8):  # shifted for the other library: flip the sign bit back
+        a = shift_int8(a).view(np.int8) if torch_gemm else shift_int8(a)
     digits = split_limbs(b, limbs, bits, axis=1, bound=bound).reshape(k, limbs * n)
     total = None
-    step = max_k(bits)
+    step = max_k()
     for start in range(0, k, step):
-        y = _matmul_u8s8(a_u8[:, start : start + step], 128, digits[start : start + step], threads)
+        if torch_gemm:
+            y = _matmul_s8s8(a[:, start : start + step], digits[start : start + step], threads)
+        else:
+            y = _matmul_u8s8(a[:, start : start + step], 128, digits[start : start + step], threads)
         part = _combine([y[:, i * n : (i + 1) * n] for i in range(limbs)], exact_float, bits)
         total = part if total is None else total + part
     return total
@@ -236,16 +302,22 @@ def matmul_int8_right(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact
     """a @ b for any integer a [M, K] that fits `limbs` digits (max|a| <= `bound` when given) and int8
     b [K, N].
 
-    The limbs of a, shifted by 2^(bits-1) into [0, 2^bits - 1], are stacked, [limbs * M, K], so all take
-    one GEMM.
+    The limbs of a (for ONNX Runtime shifted by 2^(bits-1) into [0, 2^bits - 1]) are stacked,
+    [limbs * M, K], so all take one GEMM.
     """
     m, k = a.shape
     half = 1 << (bits - 1)
-    digits_u8 = split_limbs(a, limbs, bits, bound=bound).reshape(limbs * m, k).view(np.uint8) + np.uint8(half)
+    digits = split_limbs(a, limbs, bits, bound=bound).reshape(limbs * m, k)
+    torch_gemm = backend() == "torch"
+    if not torch_gemm:
+        digits = digits.view(np.uint8) + np.uint8(half)
     total = None
-    step = max_k(bits)
+    step = max_k()
     for start in range(0, k, step):
-        y = _matmul_u8s8(digits_u8[:, start : start + step], half, b[start : start + step], threads)
+        if torch_gemm:
+            y = _matmul_s8s8(digits[:, start : start + step], b[start : start + step], threads)
+        else:
+            y = _matmul_u8s8(digits[:, start : start + step], half, b[start : start + step], threads)
         part = _combine([y[i * m : (i + 1) * m] for i in range(limbs)], exact_float, bits)
         total = part if total is None else total + part
     return total

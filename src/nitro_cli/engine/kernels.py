@@ -230,9 +230,10 @@ class GemmPlan:
     @property
     def operand(self) -> Any:
         """The dtype im2col builds its columns in for this plan: an int8 left operand comes shifted, as
-        uint8 holding a + 128 (int8gemm.shift_int8)."""
+        uint8 holding a + 128 (int8gemm.shift_int8), where the GEMM library takes it so."""
         if self.dtype == "int8":
-            return np.uint8 if self.int8_side == "left" else np.int8
+            shifted = self.int8_side == "left" and int8gemm.shifted_left_operand()
+            return np.uint8 if shifted else np.int8
         return np.int64 if self.dtype == "int64" else self.accumulator
 
     @property
