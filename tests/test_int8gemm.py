@@ -136,6 +136,50 @@ def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side, bits,
     assert got.tolist() == ref_matmul(worst_w.T, worst_x.T)
 
 
+def sparse_top_operand(rng: np.random.Generator, shape: tuple[int, int], limbs: int, bits: int) -> np.ndarray:
+    """Values that fit limbs - 1 digits (both ends of that range) but for a few at the limits of `limbs`
+    digits, placed off the outlier sample's stride."""
+    low_cap, cap, half = (int8gemm.limb_capacity(limbs - 1, bits), int8gemm.limb_capacity(limbs, bits),
+                          1 << (bits - 1))
+    v = extreme_operand(rng, shape, low_cap)
+    v.reshape(-1)[6] = -half * ((1 << (bits * (limbs - 1))) - 1) // ((1 << bits) - 1)  # lowest without top
+    for position, value in zip((1 + 2 * shape[1], 5 + 2 * shape[1], 7 + 5 * shape[1], 8),
+                               (cap, -cap, low_cap + 1, -low_cap - 1), strict=True):
+        v.reshape(-1)[position] = value
+    return v
+
+
+@pytest.mark.parametrize("bits", DIGIT_BITS)
+@pytest.mark.parametrize("limbs", range(2, kernels.MAX_LIMBS + 1))
+@pytest.mark.parametrize("exact_float", [True, False])
+def test_a_nearly_empty_top_limb_takes_one_limb_fewer_and_its_few_entries_are_added_exactly(
+        monkeypatch, limbs, exact_float, bits, library):
+    monkeypatch.setattr(int8gemm, "max_k", lambda: 16)  # the correction spans every K slice
+    rng = np.random.default_rng(300 + limbs)
+    x = extreme_operand(rng, (11, 40), 127).astype(np.int8)
+    x[0], x[1] = -128, 127
+    w = sparse_top_operand(rng, (40, 9), limbs, bits)
+    bound = int(np.abs(w).max())
+    assert int8gemm._limb_digits(w, limbs, bits, 1, bound)[1] == limbs - 1
+    for narrow in (x, int8gemm.shift_int8(x)):  # as im2col builds it for either library
+        got = int8gemm.matmul_int8_left(narrow, w, limbs, bits, exact_float, 1, bound)
+        assert got.astype(object).tolist() == ref_matmul(x, w)
+    e = sparse_top_operand(rng, (9, 40), limbs, bits)
+    bound = int(np.abs(e).max())
+    assert int8gemm._limb_digits(e, limbs, bits, 0, bound)[1] == limbs - 1
+    got = int8gemm.matmul_int8_right(e, x.T.copy(), limbs, bits, exact_float, 2, bound)
+    assert got.astype(object).tolist() == ref_matmul(e, x.T)
+    got = int8gemm.matmul_int8_right(e.T.copy().T, x.T.copy(), limbs, bits, exact_float, 2, bound)  # F order
+    assert got.astype(object).tolist() == ref_matmul(e, x.T)
+
+
+def test_a_top_limb_used_by_more_than_a_few_entries_keeps_every_limb():
+    rng = np.random.default_rng(5)
+    w = extreme_operand(rng, (300, 40), int8gemm.limb_capacity(3, 8))
+    assert int8gemm._limb_digits(w, 3, 8, 1, int(np.abs(w).max()))[1] == 3
+    assert int8gemm._limb_digits(w, 3, 8, 1, None)[1] == 3  # unmeasured operands are split in full
+
+
 def pairs_saturating(a_u8: np.ndarray, zero_point: int, b_s8: np.ndarray, threads: int) -> np.ndarray:
     """(a_u8 - zero_point) @ b_s8 the way vpmaddubsw kernels (no VNNI) add: pairs of products in saturating
     int16."""

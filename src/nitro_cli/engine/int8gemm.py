@@ -21,6 +21,10 @@ MatMulInteger (uint8 x int8, the fast kernel on every CPU it supports). Why it i
   inner dimensions are cut into slices and summed wider.
 - The limbs are recombined in float64 when the whole product is provably below 2^53 (every partial value is
   then an integer float64 holds exactly), else in int64.
+- A top limb that only a few entries use (a grown state's weights and errors: 0.001-0.2% of them need
+  the third 8-bit digit) is left out of the GEMM: the operand is split into one digit fewer plus an exact
+  integer rest that is 0 elsewhere, and those few entries' terms are added one by one (`_add_outliers`),
+  within the same bound as the recombination.
 
 The GEMM library (`backend()`): ONNX Runtime, or on request PyTorch's `torch._int_mm` (int8 x int8 -> int32,
 oneDNN), which must pass the same worst-case self-test at the digit width in use (every pair of extremes,
@@ -38,6 +42,12 @@ import numpy as np
 SAFE_BITS = 7
 VNNI_BITS = 8
 FLOAT64_EXACT = 2**53
+# A wide operand whose top limb is all zeros but for a few entries (grown weights and errors: 0.001-0.2%
+# of them need the third 8-bit limb) takes one limb product fewer; its few large entries are added one by
+# one. Sparse when at most OUTLIER_MAX_DENSITY of a strided sample needs the top limb: near the measured
+# break-even of one limb product against the per-entry correction.
+OUTLIER_SAMPLE_STRIDE = 257
+OUTLIER_MAX_DENSITY = 1.5e-4
 
 BACKENDS = ("onnxruntime", "torch")
 _SESSIONS: dict[tuple[int, int], Any] = {}
@@ -77,37 +87,57 @@ def split_limbs(v: np.ndarray, limbs: int, bits: int, axis: int = 0, bound: int 
     """
     if bound is not None and bound > limb_capacity(limbs, bits):
         raise ValueError(f"values up to {bound} do not fit {limbs} limbs")
-    shape = list(v.shape)
-    shape.insert(axis, limbs)
     if limbs == 1:  # the value is its own digit
         if bound is None:
             _check_top_digit(v, v, limbs, bits)
-        return v.astype(np.int8).reshape(shape)
-    # The narrowest type in which every value and remainder (|.| < capacity + 2^bits) is exact.
+        return v.astype(np.int8).reshape(_stacked_shape(v, 1, axis))
     cap = limb_capacity(limbs, bits) if bound is None else bound
+    out, rest = _split(v, limbs, limbs - 1, bits, axis, cap, measured=bound is not None)
+    if bound is None:
+        _check_top_digit(rest, v, limbs, bits)
+    np.moveaxis(out, axis, 0)[limbs - 1] = rest
+    return out
+
+
+def split_low_limbs(v: np.ndarray, limbs: int, bits: int, axis: int,
+                    bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `limbs` low digits of v (laid out as split_limbs lays them) and the rest, the exact integers
+    (v - low) / 2^(bits * limbs), whatever their size: v = low + rest * 2^(bits * limbs), and rest is 0
+    wherever v fits `limbs` digits. `bound` is max|v|."""
+    return _split(v, limbs, limbs, bits, axis, bound, measured=True)
+
+
+def _stacked_shape(v: np.ndarray, limbs: int, axis: int) -> list[int]:
+    shape = list(v.shape)
+    shape.insert(axis, limbs)
+    return shape
+
+
+def _split(v: np.ndarray, slots: int, low: int, bits: int, axis: int, cap: int,
+           measured: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Writes v's `low` low digits into a new int8 array with `slots` digit slots and returns it with the
+    rest (v - digits) / 2^(bits * low), exact; |v| <= cap when `measured`."""
+    # The narrowest type in which every value and remainder (|.| < cap + 2^bits) is exact.
     wide = np.int16 if cap < 2**14 else np.int32 if cap < 2**30 else np.int64
-    if bound is None and v.dtype.itemsize > np.dtype(wide).itemsize and v.size:
+    if not measured and v.dtype.itemsize > np.dtype(wide).itemsize and v.size:
         wide = np.int64  # unmeasured: keep every value as it is until the check
     half = 1 << (bits - 1)
-    out = np.empty(shape, dtype=np.int8)
+    out = np.empty(_stacked_shape(v, slots, axis), dtype=np.int8)
     digits = np.moveaxis(out, axis, 0)  # a view: digits[i] writes the i-th limb in place
     rest = v
-    for i in range(limbs - 1):
+    for i in range(low):
         # The balanced digit is the low `bits` bits of rest read as a signed number: the low byte (of rest
         # shifted up to fill it), cast in unsigned types, where narrowing keeps the low bits by definition.
-        low = rest.view(f"u{rest.dtype.itemsize}")
+        low_bits = rest.view(f"u{rest.dtype.itemsize}")
         if bits < 8:
-            low = np.left_shift(low, 8 - bits)
-        np.copyto(digits[i].view(np.uint8), low, casting="unsafe")
+            low_bits = np.left_shift(low_bits, 8 - bits)
+        np.copyto(digits[i].view(np.uint8), low_bits, casting="unsafe")
         if bits < 8:
             digits[i] >>= 8 - bits  # arithmetic: sign-extends the digit
         # (rest - digit) / 2^bits = floor((rest + half) / 2^bits): exact, in place after the first step.
         rest = np.add(rest, half, dtype=wide) if i == 0 else np.add(rest, half, out=rest)
         rest >>= bits
-    if bound is None:
-        _check_top_digit(rest, v, limbs, bits)
-    digits[limbs - 1] = rest
-    return out
+    return out, rest
 
 
 def _check_top_digit(top: np.ndarray, v: np.ndarray, limbs: int, bits: int) -> None:
@@ -272,6 +302,44 @@ def shift_int8(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8) ^ np.uint8(0x80)
 
 
+def _limb_digits(v: np.ndarray, limbs: int, bits: int, axis: int,
+                 bound: int | None) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """The digits the GEMM takes, how many limbs they are, and the rest its products leave out: all
+    `limbs` digits and None, or, when the top limb would be nearly empty (judged from a sample), one
+    digit fewer and the sparse rest (see split_low_limbs) for _add_outliers."""
+    if limbs > 1 and bound is not None and bound <= limb_capacity(limbs, bits):
+        cap = limb_capacity(limbs - 1, bits)
+        sample = v.flat[::OUTLIER_SAMPLE_STRIDE]  # a copy of the sampled entries only, in any layout
+        outliers = np.count_nonzero(sample > cap) + np.count_nonzero(sample < -cap)
+        if outliers <= OUTLIER_MAX_DENSITY * sample.size:
+            digits, rest = split_low_limbs(v, limbs - 1, bits, axis, bound)
+            return digits, limbs - 1, rest
+    return split_limbs(v, limbs, bits, axis, bound), limbs, None
+
+
+def _add_outliers(out: np.ndarray, narrow: np.ndarray, rest: np.ndarray, shift: int) -> None:
+    """out += narrow @ (rest * 2^shift) for a rest [K, N] that is 0 but for a few entries: each output
+    column's terms gathered and summed. Exact in out's dtype: a term is at most max|narrow| * (max|wide| +
+    the low digits' capacity) < 2 * max|narrow| * max|wide|, and a column's sum at most K times that, both
+    below the padded bound (float_combination_exact) the product's accumulator was chosen by."""
+    # Positions found in rest's own memory order (a transposed rest is F-contiguous), then grouped by column.
+    if rest.flags.c_contiguous:
+        rows, cols = np.divmod(np.flatnonzero(rest), rest.shape[1])
+        by_column = np.argsort(cols, kind="stable")
+        rows, cols = rows[by_column], cols[by_column]
+    else:
+        cols, rows = np.divmod(np.flatnonzero(rest.T), rest.shape[0])
+    if not cols.size:
+        return
+    scaled = rest[rows, cols].astype(out.dtype) * out.dtype.type(1 << shift)
+    terms = narrow[:, rows]
+    if terms.dtype == np.uint8:  # given shifted (shift_int8): flip the sign bit back
+        terms = shift_int8(terms).view(np.int8)
+    terms = np.multiply(terms, scaled, dtype=out.dtype)
+    first = np.flatnonzero(np.diff(cols, prepend=-1))
+    out[:, cols[first]] += np.add.reduceat(terms, first, axis=1)
+
+
 def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_float: bool, threads: int,
                      bound: int | None = None) -> np.ndarray:
     """a @ b for int8 a [M, K] and any integer b [K, N] that fits `limbs` digits (max|b| <= `bound` when
@@ -284,7 +352,8 @@ def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_
     torch_gemm = backend() == "torch"
     if torch_gemm == (a.dtype == np.uint8):  # shifted for the other library: flip the sign bit back
         a = shift_int8(a).view(np.int8) if torch_gemm else shift_int8(a)
-    digits = split_limbs(b, limbs, bits, axis=1, bound=bound).reshape(k, limbs * n)
+    digits, gemm_limbs, rest = _limb_digits(b, limbs, bits, 1, bound)
+    digits = digits.reshape(k, gemm_limbs * n)
     total = None
     step = max_k()
     for start in range(0, k, step):
@@ -292,8 +361,10 @@ def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_
             y = _matmul_s8s8(a[:, start : start + step], digits[start : start + step], threads)
         else:
             y = _matmul_u8s8(a[:, start : start + step], 128, digits[start : start + step], threads)
-        part = _combine([y[:, i * n : (i + 1) * n] for i in range(limbs)], exact_float, bits)
+        part = _combine([y[:, i * n : (i + 1) * n] for i in range(gemm_limbs)], exact_float, bits)
         total = part if total is None else total + part
+    if rest is not None:
+        _add_outliers(total, a, rest, bits * gemm_limbs)
     return total
 
 
@@ -307,7 +378,8 @@ def matmul_int8_right(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact
     """
     m, k = a.shape
     half = 1 << (bits - 1)
-    digits = split_limbs(a, limbs, bits, bound=bound).reshape(limbs * m, k)
+    digits, gemm_limbs, rest = _limb_digits(a, limbs, bits, 0, bound)
+    digits = digits.reshape(gemm_limbs * m, k)
     torch_gemm = backend() == "torch"
     if not torch_gemm:
         digits = digits.view(np.uint8) + np.uint8(half)
@@ -318,6 +390,8 @@ def matmul_int8_right(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact
             y = _matmul_s8s8(digits[:, start : start + step], b[start : start + step], threads)
         else:
             y = _matmul_u8s8(digits[:, start : start + step], half, b[start : start + step], threads)
-        part = _combine([y[i * m : (i + 1) * m] for i in range(limbs)], exact_float, bits)
+        part = _combine([y[i * m : (i + 1) * m] for i in range(gemm_limbs)], exact_float, bits)
         total = part if total is None else total + part
+    if rest is not None:
+        _add_outliers(total.T, b.T, rest.T, bits * gemm_limbs)
     return total
