@@ -231,3 +231,19 @@ def test_gpu_profile_dry_run_splits_a_step_by_layer_path_and_function() -> None:
             {key.split(" ")[0] for key in d["product_seconds_by_layer"]}
         assert sum(d["product_seconds_by_path"].values()) <= d["step_seconds_range"][1] * 1.5
         assert any(f["function"].startswith("train_step") for f in d["top_functions_cumulative"])
+
+
+def test_bench_ab_alternates_a_setting_every_step_and_reports_both() -> None:
+    res = subprocess.run([sys.executable, str(SCRIPTS / "bench_ab.py"), "mlp4_train", "outliers", "on", "off",
+                          "--pairs", "2"], capture_output=True, text=True, env=nitro_env(), timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "mlp4_train, outliers alternating every step, 2 steps each:"
+    for value, line in zip(("on", "off"), lines[1:], strict=True):
+        assert line.startswith(f"  outliers={value}: wall median ")
+        assert len(line.split("walls ")[1].strip("[]").split(",")) == 2
+    refused = {"outliers": ("on", "maybe"), "digit_bits": ("7", "9"), "library": ("numpy", "torch")}
+    for setting, values in refused.items():
+        bad = subprocess.run([sys.executable, str(SCRIPTS / "bench_ab.py"), "mlp4_train", setting, *values],
+                             capture_output=True, text=True, env=nitro_env(), timeout=300)
+        assert bad.returncode == 2 and f"bad values for {setting}" in bad.stderr, bad.stderr
