@@ -196,9 +196,12 @@ def maxpool2d(x: Any, geom: PoolGeometry, pad_value: int | None = None,
         raise LayerInputError(f"max-pool {geom} does not fit a {h}x{w} feature map")
     if geom.ph or geom.pw:
         if pad_value is None:
-            # Pad in a wider type with its minimum, a value the data cannot hold, so padding never wins.
-            wide = np.int32 if x.dtype.itemsize <= 2 else np.int64
-            x, pad_value = x.astype(wide), np.iinfo(wide).min
+            # Pad with a value below every datum, so padding never wins: the type's minimum when no datum
+            # holds it (NITRO-ReLU output never does: it stays above -75), else that of a wider type.
+            pad_value = np.iinfo(dtype).min
+            if x.size and int(x.min()) == pad_value:
+                wide = np.int32 if x.dtype.itemsize <= 2 else np.int64
+                x, pad_value = x.astype(wide), np.iinfo(wide).min
         x = xp.pad(x, ((0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw), (0, 0)), constant_values=pad_value)
     windows = x[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
     offsets = [(i, j) for i in range(geom.kh) for j in range(geom.kw)]
