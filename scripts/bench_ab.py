@@ -1,8 +1,9 @@
 """In-process A/B of one int8-path setting on a bench.py case: the setting alternates every training step.
 
 On a shared, noisy machine two separate bench runs differ by more than most changes; alternating inside
-one process gives both settings the same minutes, the same batches in turn and the same memory. Prints
-each setting's median wall and CPU seconds per step.
+one process gives both settings the same minutes, the same batches in turn and the same memory. The order
+is A B B A A B B A ..., so that each value runs on as many odd as even steps (an A/A run here showed odd
+steps a few percent slower than even ones). Prints each setting's median wall and CPU seconds per step.
 
 Usage: [NITRO_DATA=...] .venv/bin/python scripts/bench_ab.py CASE SETTING A B [--pairs N] [--checkpoint CKPT]
 SETTING is one of the `nitro_cli.engine.int8gemm` module settings below; e.g.
@@ -68,10 +69,11 @@ def main() -> int:
     def alternating(step: Callable[[int], None], *_: Any) -> tuple[list[float], dict[str, Any]]:
         step(0)  # warm-up
         for i in range(1, 2 * args.pairs + 1):
-            setattr(int8gemm, attribute, values[i % 2])
+            which = (i // 2) % 2  # A B B A A B B A ...
+            setattr(int8gemm, attribute, values[which])
             wall, cpu = time.perf_counter(), time.process_time()
             step(i)
-            times[args.values[i % 2]].append((time.perf_counter() - wall, time.process_time() - cpu))
+            times[args.values[which]].append((time.perf_counter() - wall, time.process_time() - cpu))
         return [1.0], {}
 
     bench.timed = alternating  # the cases' own setup, this timing loop
