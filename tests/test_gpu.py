@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import params
-from nitro_cli.engine import BackendUnavailable, get_backend
+from nitro_cli.engine import BackendUnavailable, get_backend, kernels
 
 
 def _cupy_unusable() -> str | None:
@@ -89,6 +89,22 @@ def test_eval_on_the_gpu_reproduces_a_cpu_run(nitro, tmp_path: Path) -> None:
                 f"hydra.run.dir={tmp_path / 'ev'}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((tmp_path / "ev/eval.json").read_text())["test_accuracy"] == cpu["test_accuracy"]
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_max_abs_of_device_views_is_exact() -> None:
+    """Views that are neither C- nor F-contiguous (a padded pool's error, a strided slice) are reduced
+    through a contiguous copy on the GPU; the result is still the exact max|a|, int64's minimum included."""
+    cp = get_backend("cupy")
+    a = np.random.default_rng(0).integers(-2**62, 2**62, size=(4, 30, 30, 8), dtype=np.int64)
+    a[1, 5, 7, 3] = np.iinfo(np.int64).min
+    on_device = cp.asarray(a)
+    for view in (np.s_[:, 1:29, 1:29], np.s_[..., ::2], np.s_[:, ::3, 2:]):
+        expected = max(abs(int(v)) for v in a[view].ravel())
+        assert not on_device[view].flags.c_contiguous
+        assert kernels.max_abs(on_device[view]) == expected == kernels.max_abs(a[view])
+    assert kernels.max_abs(on_device.transpose(3, 2, 1, 0)) == 2**63  # F-contiguous: reduced in place
 
 
 @pytest.mark.skipif(REASON is None, reason="CuPy and a CUDA GPU are usable here")

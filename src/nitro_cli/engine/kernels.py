@@ -61,9 +61,15 @@ def _require_integer(a: Any, what: str) -> None:
 
 
 def max_abs(a: Any) -> int:
-    """max|a| as a Python int, without the wrap-around of abs() on the most negative value."""
+    """max|a| as a Python int, without the wrap-around of abs() on the most negative value.
+
+    On CuPy an array that is neither C- nor F-contiguous is copied first: CuPy reduces such an array to one
+    value in a single thread block (its CUB reduction wants contiguous memory). Measured on an H200, the
+    64x28x28x256 int64 error of VGG8B/MNIST's padded head pool (a view) took 28 ms this way."""
     if a.size == 0:
         return 0
+    if not (isinstance(a, np.ndarray) or a.flags.c_contiguous or a.flags.f_contiguous):
+        a = array_module(a).ascontiguousarray(a)
     return max(-int(a.min()), int(a.max()))
 
 
