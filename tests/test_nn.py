@@ -26,6 +26,7 @@ from nitro_cli.nn import (
     kaiming_bound,
     maxpool2d,
     maxpool2d_backward,
+    maxpool2d_gather,
     nitro_relu,
     nitro_relu_backward,
     scaling,
@@ -128,6 +129,12 @@ def test_maxpool_forward_backward_match_reference(n, c, h, w, geom, seed, ties, 
     for (a, b, i, j), (r, s) in arg.items():
         ref_back[a, b, r, s] += delta[a, b, i, j]
     assert back.tolist() == ref_back.tolist()
+    z = rng.integers(-(2**40), 2**40, size=x.shape)  # any map of the input's shape, read at the first maxima
+    ref_gather = np.zeros(expected.shape, dtype=np.int64)
+    for (a, b, i, j), (r, s) in arg.items():
+        ref_gather[a, b, i, j] = z[a, b, r, s]
+    assert nchw(maxpool2d_gather(nhwc(z), index, g)).tolist() == ref_gather.tolist()
+    assert maxpool2d_gather(nhwc(x), index, g).tolist() == out.tolist()
 
 
 @pytest.mark.parametrize("lowest", [-128, -127])  # padded in a wider type, or with int8's -128

@@ -204,47 +204,65 @@ def maxpool2d(x: Any, geom: PoolGeometry, pad_value: int | None = None,
                 x, pad_value = x.astype(wide), np.iinfo(wide).min
         x = xp.pad(x, ((0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw), (0, 0)), constant_values=pad_value)
     windows = x[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
-    offsets = [(i, j) for i in range(geom.kh) for j in range(geom.kw)]
-    out = windows[:, :, 0, :, 0].copy()
-    for i, j in offsets[1:]:
-        xp.maximum(out, windows[:, :, i, :, j], out=out)
-    index = None
-    if with_index:
-        # Every window's maximum sits at some position: start from the last and overwrite with each earlier
-        # position that holds it, which leaves the first maximum, as the spec routes it.
-        index = xp.full(out.shape, len(offsets) - 1, dtype=np.int16)
-        for pos in range(len(offsets) - 2, -1, -1):
-            i, j = offsets[pos]
-            xp.copyto(index, np.int16(pos), where=windows[:, :, i, :, j] == out)
-    return out.astype(dtype, copy=False), index
+    if not with_index:
+        out = windows[:, :, 0, :, 0].copy()
+        for i in range(geom.kh):
+            for j in range(geom.kw):
+                if i or j:
+                    xp.maximum(out, windows[:, :, i, :, j], out=out)
+        return out.astype(dtype, copy=False), None
+    return _max_and_first_position(windows, dtype)
+
+
+def _max_and_first_position(windows: Any, dtype: Any) -> tuple[Any, Any]:
+    """Each window's maximum and the position p = i * kw + j of its first occurrence, in one reduction:
+    the key x * k + (k - 1 - p) (k positions) orders by value, then by earlier position, and keeps both.
+    int8 values and k <= 256 keep the keys within int16 (-128 * 256 to 127 * 256 + 255); else int64."""
+    xp = array_module(windows)
+    _, _, kh, _, kw, _ = windows.shape
+    k = kh * kw
+    if windows.dtype.itemsize > 4:
+        raise TypeError(f"max-pool with indices takes integers of at most 32 bits, got {windows.dtype}")
+    key_type = np.int16 if windows.dtype == np.int8 and k <= 256 else np.int64
+    keys = windows.astype(key_type)
+    keys *= k
+    keys += xp.asarray((k - 1 - np.arange(k)).reshape(kh, 1, kw, 1), dtype=key_type)
+    best = keys.max(axis=(2, 4))
+    out = best // k  # floor division: x * k + r with 0 <= r < k gives x
+    index = (k - 1) - (best - out * k)
+    return out.astype(dtype), index.astype(np.int16)
+
+
+def _first_max_positions(index: Any, geom: PoolGeometry, padded_hw: tuple[int, int]) -> Any:
+    """Flat positions in the padded map [N, H + 2ph, W + 2pw, C] (C order) of each window's first maximum:
+    one gather or scatter then moves every routed value, instead of a masked pass per window position."""
+    xp = array_module(index)
+    n, oh, ow, c = index.shape
+    hp, wp = padded_hw
+    pos = np.arange(geom.kh * geom.kw)
+    from_corner = xp.asarray(((pos // geom.kw) * wp + pos % geom.kw) * c, dtype=np.int64)
+    rows = xp.arange(n, dtype=np.int64)[:, None, None] * hp + xp.arange(oh, dtype=np.int64)[:, None] * geom.kh
+    corners = (rows * wp + xp.arange(ow, dtype=np.int64) * geom.kw) * c
+    return corners[..., None] + xp.arange(c, dtype=np.int64) + from_corner[index]
 
 
 def maxpool2d_backward(delta: Any, index: Any, geom: PoolGeometry, in_hw: tuple[int, int]) -> Any:
     """Route each window's error to its first maximum; other input positions get zero (channels last)."""
     xp = array_module(delta)
-    n, oh, ow, c = delta.shape
+    n, _, _, c = delta.shape
     h, w = in_hw
-    full = xp.zeros((n, h + 2 * geom.ph, w + 2 * geom.pw, c), dtype=delta.dtype)
-    windows = full[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
-    for pos in range(geom.kh * geom.kw):
-        i, j = divmod(pos, geom.kw)
-        xp.copyto(windows[:, :, i, :, j], delta, where=index == pos)
+    padded_hw = (h + 2 * geom.ph, w + 2 * geom.pw)
+    full = xp.zeros((n, *padded_hw, c), dtype=delta.dtype)
+    full.reshape(-1)[_first_max_positions(index, geom, padded_hw)] = delta  # positions are distinct
     return full[:, geom.ph : geom.ph + h, geom.pw : geom.pw + w]
 
 
 def maxpool2d_gather(x: Any, index: Any, geom: PoolGeometry) -> Any:
     """The values of x (channels last, same shape as the pooled input) at each window's first maximum."""
     xp = array_module(x)
-    n, h, w, c = x.shape
-    oh, ow = index.shape[1:3]
     if geom.ph or geom.pw:
         x = xp.pad(x, ((0, 0), (geom.ph, geom.ph), (geom.pw, geom.pw), (0, 0)))
-    windows = x[:, : oh * geom.kh, : ow * geom.kw].reshape(n, oh, geom.kh, ow, geom.kw, c)
-    out = xp.zeros(index.shape, dtype=x.dtype)
-    for pos in range(geom.kh * geom.kw):
-        i, j = divmod(pos, geom.kw)
-        xp.copyto(out, windows[:, :, i, :, j], where=index == pos)
-    return out
+    return xp.ascontiguousarray(x).reshape(-1)[_first_max_positions(index, geom, x.shape[1:3])]
 
 
 def dropout_scale(p: float) -> int:
