@@ -243,7 +243,7 @@ def _first_max_positions(index: Any, geom: PoolGeometry, padded_hw: tuple[int, i
     from_corner = xp.asarray(((pos // geom.kw) * wp + pos % geom.kw) * c, dtype=np.int64)
     rows = xp.arange(n, dtype=np.int64)[:, None, None] * hp + xp.arange(oh, dtype=np.int64)[:, None] * geom.kh
     corners = (rows * wp + xp.arange(ow, dtype=np.int64) * geom.kw) * c
-    return corners[..., None] + xp.arange(c, dtype=np.int64) + from_corner[index]
+    return corners[..., None] + xp.arange(c, dtype=np.int64) + from_corner[index.astype(np.intp)]
 
 
 def maxpool2d_backward(delta: Any, index: Any, geom: PoolGeometry, in_hw: tuple[int, int]) -> Any:
