@@ -145,6 +145,14 @@ def test_maxpool_padding_never_wins_on_all_negative_input(lowest):
     assert (index[:, 0] == 4 * 4).all()  # top windows: the first real row (i = 4) wins, not the padding
 
 
+def test_maxpool_with_indices_refuses_64_bit_maps():
+    """Its keys (value * window size + position) are only proven to fit for values of at most 32 bits."""
+    x = np.zeros((1, 4, 4, 1), dtype=np.int64)
+    with pytest.raises(TypeError, match="at most 32 bits"):
+        maxpool2d(x, PoolGeometry(2, 2))
+    assert maxpool2d(x, PoolGeometry(2, 2), with_index=False)[0].shape == (1, 2, 2, 1)
+
+
 def test_linear_forward_and_weight_grad_match_reference():
     rng = np.random.default_rng(1)
     layer = IntegerLinear("fc", 37, 11, rng)
