@@ -140,8 +140,10 @@ def scaling(x: Any, fan_in: int) -> Any:
 
 
 def _relu_input(x: Any) -> Any:
-    """x as int16; wider inputs are clipped to [-128, 127] first, which changes neither pass's result."""
-    return x.astype(np.int16) if x.dtype.itemsize == 1 else saturate(x, -128, 127, np.int16)
+    """x as int8; other inputs are clipped to [-128, 127] first, which changes neither pass's result."""
+    if x.dtype == np.int8:
+        return x
+    return saturate(x.astype(np.int16) if x.dtype.itemsize == 1 else x, -128, 127, np.int8)
 
 
 def nitro_relu(x: Any, slope: int = 4) -> Any:
@@ -150,9 +152,13 @@ def nitro_relu(x: Any, slope: int = 4) -> Any:
         raise ValueError(f"NITRO-ReLU slope {slope} has no mean correction; use one of "
                          f"{sorted(RELU_MEAN_CORRECTION)}")
     xp = array_module(x)
-    x16 = _relu_input(x)
-    y = xp.clip(x16, 0, 127) + trunc_div(xp.clip(x16, -127, 0), slope) - RELU_MEAN_CORRECTION[slope]
-    return y.astype(np.int8)
+    x = _relu_input(x)
+    # In int8 throughout: clip(x, 0, 127) + trunc(clip(x, -127, 0) / slope) lies in [-42, 127] and the
+    # correction is at most 45.
+    y = xp.maximum(x, 0)
+    y += trunc_div(xp.clip(x, -127, 0), slope)
+    y -= RELU_MEAN_CORRECTION[slope]
+    return y
 
 
 def nitro_relu_backward(x: Any, delta: Any, slope: int = 4) -> Any:
