@@ -346,13 +346,16 @@ def _gemm_untimed(a: Any, b: Any, plan: GemmPlan) -> Any:
 
 
 def _scale_exact(y: Any, divisor: int, lo: int, hi: int) -> Any:
-    """clip(trunc(y / divisor), lo, hi) as int8 for an exact integer result y held in any accumulator."""
+    """clip(trunc(y / divisor), lo, hi) as int8 for an exact integer result y held in any accumulator.
+
+    y is a product's fresh result, which only this function reads: a float y is divided in place, sparing
+    a temporary as large as the product."""
     xp = array_module(y)
     if y.dtype == np.int64:
         return saturate(trunc_div(y, divisor), lo, hi, np.int8)
     if divisor >= (FLOAT32_EXACT if y.dtype == np.float32 else FLOAT64_EXACT):
         return saturate(trunc_div(y.astype(np.int64), divisor), lo, hi, np.int8)
-    y = y / y.dtype.type(divisor)  # exact truncation, see the module docstring
+    xp.true_divide(y, y.dtype.type(divisor), out=y)  # exact truncation, see the module docstring
     xp.trunc(y, out=y)
     xp.clip(y, lo, hi, out=y)
     return y.astype(np.int8)
