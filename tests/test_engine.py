@@ -313,6 +313,20 @@ def test_tf32_is_refused_because_it_breaks_exactness(monkeypatch):
     assert get_backend("auto") is np
 
 
+@pytest.mark.parametrize(("values", "dtype"), [
+    ([0, 127, -128, 32767, -32767], np.int16),
+    ([32768, -5], np.int32), ([-32768], np.int32),  # |-32768| is past int16's max: kept conservative
+    ([2**31 - 1, -(2**31 - 1)], np.int32), ([2**31], np.int64), ([-(2**63)], np.int64),
+])
+def test_narrowest_int_keeps_every_value(values, dtype):
+    for source in (np.int64, np.int32, np.int16):
+        x = np.array(values, dtype=np.int64)
+        if np.abs(x.astype(object)).max() > np.iinfo(source).max:
+            continue
+        out = kernels.narrowest_int(x.astype(source))
+        assert out.dtype == dtype and out.tolist() == values
+
+
 def test_trunc_div_float_path_is_exact_next_to_quotients_and_at_its_bound():
     s = 327_680  # lr_inv * amp of a block layer
     q = np.array([0, 1, 7, 2**20, 2**33, (2**53 - 1) // s], dtype=np.int64)

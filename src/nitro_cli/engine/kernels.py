@@ -134,6 +134,16 @@ def checked_cast(x: Any, dtype: Any, what: str) -> Any:
     return x.astype(dtype, copy=False)
 
 
+def narrowest_int(x: Any) -> Any:
+    """x as the narrowest of int16, int32 and int64 that holds all its values (measured; never int8, which
+    would make an error operand look like an activation to the int8 path). Exact: values are only retyped."""
+    bound = max_abs(x)
+    for dtype in (np.int16, np.int32):
+        if bound <= np.iinfo(dtype).max:
+            return x.astype(dtype, copy=False)
+    return x.astype(np.int64, copy=False)
+
+
 def sgd_update(weight: Any, grad: Any, divisor: int, decay_inv: int | None, what: str) -> Any:
     """weight - trunc(grad / divisor) - trunc(weight / decay_inv) as int32, raising where it would wrap.
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..engine import to_host
+from ..engine import narrowest_int, to_host
 from ..errors import NitroError
 from .arithmetic import EXACT, Arithmetic
 from .layers import (
@@ -139,7 +139,12 @@ class LocalBlock:
         return out, first_logits
 
     def _error_into_layer(self, err: Any, pre: Any, index: Any, out_shape: tuple[int, ...]) -> Any:
-        """The head's error back through (pool,) NITRO-ReLU and Scaling (identity) to the layer's output."""
+        """The head's error back through (pool,) NITRO-ReLU and Scaling (identity) to the layer's output.
+
+        In the narrowest integer type that holds it: a conv block's routed error is a full-size map, mostly
+        zeros, that the weight gradient reads several times (bound, limb split), so its width is memory
+        traffic (int64 for errors that fit int16 in a fresh network)."""
+        err = narrowest_int(err)
         if self.pool is None:
             return nitro_relu_backward(pre, err.reshape(out_shape), self.slope)
         # Only each window's first maximum receives error, and the ReLU backward is elementwise and maps
