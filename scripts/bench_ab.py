@@ -8,6 +8,7 @@ steps a few percent slower than even ones). Prints each setting's median wall an
 Usage: [NITRO_DATA=...] .venv/bin/python scripts/bench_ab.py CASE SETTING A B [--pairs N] [--checkpoint CKPT]
 SETTING is one of the `nitro_cli.engine.int8gemm` module settings below; e.g.
   scripts/bench_ab.py vgg8b_mnist_train_real outliers on off
+  scripts/bench_ab.py vgg8b_mnist_train_real outlier_rows on off
   scripts/bench_ab.py vgg8b_train digit_bits 8 7
   scripts/bench_ab.py mlp4_train library onnxruntime torch
 """
@@ -45,6 +46,9 @@ def _library(value: str) -> str:
 SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "outliers": ("OUTLIER_MAX_DENSITY",
                  lambda v: {"on": int8gemm.OUTLIER_MAX_DENSITY, "off": -1.0}[v]),  # off: every limb dense
+    # the conv weight gradients' top-digit rows as one small GEMM (off: their top limb dense)
+    "outlier_rows": ("OUTLIER_MAX_ROW_FRACTION",
+                     lambda v: {"on": int8gemm.OUTLIER_MAX_ROW_FRACTION, "off": -1.0}[v]),
     "digit_bits": ("_DIGIT_BITS", _digit_bits),
     "library": ("_BACKEND", _library),
 }

@@ -164,6 +164,10 @@ def test_a_nearly_empty_top_limb_takes_one_limb_fewer_and_its_few_entries_are_ad
     for narrow in (x, int8gemm.shift_int8(x)):  # as im2col builds it for either library
         got = int8gemm.matmul_int8_left(narrow, w, limbs, bits, exact_float, 1, bound)
         assert got.astype(object).tolist() == ref_matmul(x, w)
+        # The columns handed over as rows (a conv weight gradient's patches): the top digits' rows as a GEMM.
+        got = int8gemm.matmul_int8_left(narrow, w, limbs, bits, exact_float, 1, bound,
+                                        lambda rows: x[:, rows].T)
+        assert got.astype(object).tolist() == ref_matmul(x, w)
     e = sparse_top_operand(rng, (9, 40), limbs, bits)
     bound = int(np.abs(e).max())
     assert int8gemm._limb_digits(e, limbs, bits, 0, bound)[1] == limbs - 1
@@ -171,6 +175,37 @@ def test_a_nearly_empty_top_limb_takes_one_limb_fewer_and_its_few_entries_are_ad
     assert got.astype(object).tolist() == ref_matmul(e, x.T)
     got = int8gemm.matmul_int8_right(e.T.copy().T, x.T.copy(), limbs, bits, exact_float, 2, bound)  # F order
     assert got.astype(object).tolist() == ref_matmul(e, x.T)
+
+
+def test_conv_weight_gradient_adds_its_error_outliers_from_input_patches(monkeypatch, library, int8_on):
+    """A grown error map: small but for a few entries past two 8-bit digits. The weight gradient runs two
+    limbs and adds the rows holding those entries as one more small GEMM against patches of its input,
+    rebuilt per output position (batch chunks and K slices included), exactly as the float paths compute
+    it."""
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", 8)
+    monkeypatch.setattr(int8gemm, "max_k", lambda: 2)  # the rows' GEMM in slices too
+    monkeypatch.setattr(kernels, "IM2COL_CHUNK_ELEMENTS", 2 * 6 * 5 * 9 * 4)  # chunks of 2 images
+    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)  # a product this small would stay float
+    monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, size=(5, 6, 5, 4)).astype(np.int8)
+    x[0, 0, 0], x[4, 5, 4] = -128, 127
+    delta = rng.integers(-32639, 32640, size=(5, 6, 5, 3)).astype(np.int32)
+    cap = int8gemm.limb_capacity(3, 8)
+    for position, value in ((3, cap), (5, -cap), (250, -cap), (401, 32640), (410, cap), (430, 32640),
+                            (449, -cap)):
+        delta.reshape(-1)[position] = value  # in images 0 (two in one row), 2 and 4 (four rows): three chunks
+    seen = []
+    real = int8gemm._add_outlier_rows
+    monkeypatch.setattr(int8gemm, "_add_outlier_rows", lambda *a: seen.append(a) or real(*a))
+    got = kernels.conv2d_weight_grad_exact(x, delta)
+    assert len(seen) == 3  # the path under test ran, in each chunk
+    monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
+    expected = kernels.conv2d_weight_grad_exact(x, delta)
+    assert got.astype(np.int64).tolist() == expected.astype(np.int64).tolist()
+    rows = np.array([0, 7, 29, 30, 59])
+    columns = kernels._im2col(x[:2], 3, 3, 1, np.int8)
+    assert kernels._patches(x[:2], rows, 3, 3, 1).tolist() == columns[rows].tolist()
 
 
 def test_a_top_limb_used_by_more_than_a_few_entries_keeps_every_limb():

@@ -35,6 +35,7 @@ libraries; `available()` is False without ONNX Runtime and the callers keep thei
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,6 +49,10 @@ FLOAT64_EXACT = 2**53
 # break-even of one limb product against the per-entry correction.
 OUTLIER_SAMPLE_STRIDE = 257
 OUTLIER_MAX_DENSITY = 1.5e-4
+# Where the caller can hand over the int8 operand's columns as contiguous rows (a conv weight gradient
+# rebuilds them from its input), the rows of the wide operand that hold a top digit make one small GEMM
+# instead: worth it while they are at most this fraction of its rows (judged from the same sample).
+OUTLIER_MAX_ROW_FRACTION = 0.3
 
 BACKENDS = ("onnxruntime", "torch")
 _SESSIONS: dict[tuple[int, int], Any] = {}
@@ -302,16 +307,16 @@ def shift_int8(a: np.ndarray) -> np.ndarray:
     return a.view(np.uint8) ^ np.uint8(0x80)
 
 
-def _limb_digits(v: np.ndarray, limbs: int, bits: int, axis: int,
-                 bound: int | None) -> tuple[np.ndarray, int, np.ndarray | None]:
+def _limb_digits(v: np.ndarray, limbs: int, bits: int, axis: int, bound: int | None,
+                 max_density: float = OUTLIER_MAX_DENSITY) -> tuple[np.ndarray, int, np.ndarray | None]:
     """The digits the GEMM takes, how many limbs they are, and the rest its products leave out: all
-    `limbs` digits and None, or, when the top limb would be nearly empty (judged from a sample), one
-    digit fewer and the sparse rest (see split_low_limbs) for _add_outliers."""
+    `limbs` digits and None, or, when the top limb would be nearly empty (at most `max_density` of a
+    sample), one digit fewer and the sparse rest (see split_low_limbs) for _add_outliers."""
     if limbs > 1 and bound is not None and bound <= limb_capacity(limbs, bits):
         cap = limb_capacity(limbs - 1, bits)
         sample = v.flat[::OUTLIER_SAMPLE_STRIDE]  # a copy of the sampled entries only, in any layout
         outliers = np.count_nonzero(sample > cap) + np.count_nonzero(sample < -cap)
-        if outliers <= OUTLIER_MAX_DENSITY * sample.size:
+        if outliers <= max_density * sample.size:
             digits, rest = split_low_limbs(v, limbs - 1, bits, axis, bound)
             return digits, limbs - 1, rest
     return split_limbs(v, limbs, bits, axis, bound), limbs, None
@@ -340,19 +345,43 @@ def _add_outliers(out: np.ndarray, narrow: np.ndarray, rest: np.ndarray, shift: 
     out[:, cols[first]] += np.add.reduceat(terms, first, axis=1)
 
 
+def _add_outlier_rows(out: np.ndarray, rest: np.ndarray, shift: int, columns: Callable[[np.ndarray], Any],
+                      threads: int) -> None:
+    """out += a @ (rest * 2^shift) for a rest [K, N] that is 0 but on a few rows, with `columns(rows)`
+    giving a[:, rows].T as int8 [len(rows), M]: those rows of rest (each entry one top digit, as a limb's
+    digits are) against those columns of a make one small int8 GEMM, exact as a limb product is; its
+    int32 result, times 2^shift, stays within the bound that chose out's dtype (see _add_outliers)."""
+    rows = np.flatnonzero((rest.max(axis=1) != 0) | (rest.min(axis=1) != 0))
+    step = max_k()
+    for start in range(0, rows.size, step):
+        chunk = rows[start : start + step]
+        a_t = np.ascontiguousarray(columns(chunk).T)
+        top = rest[chunk].astype(np.int8)
+        if backend() == "torch":
+            y = _matmul_s8s8(a_t, top, threads)
+        else:
+            y = _matmul_u8s8(shift_int8(a_t), 128, top, threads)
+        out += np.multiply(y, out.dtype.type(1 << shift), dtype=out.dtype)
+
+
 def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_float: bool, threads: int,
-                     bound: int | None = None) -> np.ndarray:
+                     bound: int | None = None,
+                     columns: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """a @ b for int8 a [M, K] and any integer b [K, N] that fits `limbs` digits (max|b| <= `bound` when
     given, see split_limbs). `a` may also be given already shifted, as the uint8 array shift_int8(a) (im2col
     builds its columns that way for ONNX Runtime, see shifted_left_operand, saving a pass).
 
-    The limbs of b sit side by side, [K, limbs * N], so all of them take one GEMM.
+    The limbs of b sit side by side, [K, limbs * N], so all of them take one GEMM. `columns(rows)`, when
+    given, returns a[:, rows].T as int8 rows (see _add_outlier_rows), which lets a top limb used on up to
+    OUTLIER_MAX_ROW_FRACTION of b's rows be left out.
     """
     k, n = b.shape
     torch_gemm = backend() == "torch"
     if torch_gemm == (a.dtype == np.uint8):  # shifted for the other library: flip the sign bit back
         a = shift_int8(a).view(np.int8) if torch_gemm else shift_int8(a)
-    digits, gemm_limbs, rest = _limb_digits(b, limbs, bits, 1, bound)
+    # A row of b holds a top digit with probability about density * N, for few and scattered ones.
+    density = OUTLIER_MAX_DENSITY if columns is None else OUTLIER_MAX_ROW_FRACTION / n
+    digits, gemm_limbs, rest = _limb_digits(b, limbs, bits, 1, bound, density)
     digits = digits.reshape(k, gemm_limbs * n)
     total = None
     step = max_k()
@@ -363,7 +392,9 @@ def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_
             y = _matmul_u8s8(a[:, start : start + step], 128, digits[start : start + step], threads)
         part = _combine([y[:, i * n : (i + 1) * n] for i in range(gemm_limbs)], exact_float, bits)
         total = part if total is None else total + part
-    if rest is not None:
+    if rest is not None and columns is not None:
+        _add_outlier_rows(total, rest, bits * gemm_limbs, columns, threads)
+    elif rest is not None:
         _add_outliers(total, a, rest, bits * gemm_limbs)
     return total
 

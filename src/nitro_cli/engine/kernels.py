@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -317,19 +318,20 @@ def _int8_enabled() -> bool:
 _INT8_ENABLED: bool | None = None
 
 
-def _gemm(a: Any, b: Any, plan: GemmPlan) -> Any:
-    """a @ b as exact integers held in plan.accumulator (float32, float64 or int64)."""
+def _gemm(a: Any, b: Any, plan: GemmPlan, columns: Callable[[Any], Any] | None = None) -> Any:
+    """a @ b as exact integers held in plan.accumulator (float32, float64 or int64). `columns(rows)`, for an
+    int8 left operand, returns a[:, rows].T (see int8gemm._add_outlier_rows)."""
     if not timing.tracing():
-        return _gemm_untimed(a, b, plan)
+        return _gemm_untimed(a, b, plan, columns)
     started = time.perf_counter()
-    out = _gemm_untimed(a, b, plan)
+    out = _gemm_untimed(a, b, plan, columns)
     if array_module(out) is not np:
         array_module(out).cuda.get_current_stream().synchronize()  # time the kernels, not their launch
     timing.record(plan.path, a.shape[0], a.shape[1], b.shape[1], started)
     return out
 
 
-def _gemm_untimed(a: Any, b: Any, plan: GemmPlan) -> Any:
+def _gemm_untimed(a: Any, b: Any, plan: GemmPlan, columns: Callable[[Any], Any] | None = None) -> Any:
     xp = array_module(a)
     if plan.dtype == "int8":
         left = plan.int8_side == "left"
@@ -340,7 +342,8 @@ def _gemm_untimed(a: Any, b: Any, plan: GemmPlan) -> Any:
         if flip:
             a, b, left = b.T, np.ascontiguousarray(a.T), not left
         run = int8gemm.matmul_int8_left if left else int8gemm.matmul_int8_right
-        out = run(a, b, plan.limbs, plan.bits, plan.exact_float, cpu_threads(), plan.wide_bound)
+        extra = {"columns": columns} if left and columns is not None and not flip else {}
+        out = run(a, b, plan.limbs, plan.bits, plan.exact_float, cpu_threads(), plan.wide_bound, **extra)
         return out.T if flip else out
     if plan.dtype == "int64":
         return xp.matmul(a.astype(np.int64, copy=False), b.astype(np.int64, copy=False))
@@ -437,6 +440,19 @@ def _im2col_t(x_nhwc: Any, kh: int, kw: int, padding: int, dtype: Any) -> Any:
     return cols.reshape(kh * kw * c, n * out_h * out_w)
 
 
+def _patches(x_nhwc: Any, rows: Any, kh: int, kw: int, padding: int) -> Any:
+    """Rows `rows` of _im2col(x_nhwc) as int8 (unshifted), built from x alone: the columns of _im2col_t
+    at those output positions, without reading the rest of it."""
+    n, h, w, c = x_nhwc.shape
+    out_h, out_w = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    xpad = np.pad(x_nhwc, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    image, rem = np.divmod(rows, out_h * out_w)
+    top, left = np.divmod(rem, out_w)
+    windows = xpad[image[:, None, None], top[:, None, None] + np.arange(kh)[:, None],
+                   left[:, None, None] + np.arange(kw)]  # [rows, kh, kw, C]
+    return windows.reshape(len(rows), kh * kw * c)
+
+
 def _column_source(x: Any, dtype: Any) -> tuple[Any, int]:
     """The values im2col copies and its padding value: uint8 columns hold x + 128 (0 shifts to 128)."""
     if dtype == np.uint8 and x.dtype == np.int8:
@@ -525,8 +541,10 @@ def conv2d_weight_grad_exact(x_nhwc: Any, delta_nhwc: Any, kernel: tuple[int, in
                          allow_slices=False, int8_side=int8_side, outer=o * kh * kw * c)
         grad_t = xp.zeros((kh * kw * c, o), dtype=plan.accumulator)
         for start in range(0, n, step):
-            cols_t = _im2col_t(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
-            grad_t += _gemm(cols_t, delta_nhwc[start : start + step].reshape(-1, o), plan)
+            chunk = x_nhwc[start : start + step]
+            cols_t = _im2col_t(chunk, kh, kw, padding, plan.operand)
+            grad_t += _gemm(cols_t, delta_nhwc[start : start + step].reshape(-1, o), plan,
+                            lambda rows, chunk=chunk: _patches(chunk, rows, kh, kw, padding))
         grad = grad_t.T
     else:
         plan = gemm_plan(n * out_h * out_w, operand_bound(delta_nhwc), operand_bound(x_nhwc),
