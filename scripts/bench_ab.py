@@ -46,7 +46,7 @@ def _library(value: str) -> str:
 SETTINGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "outliers": ("OUTLIER_MAX_DENSITY",
                  lambda v: {"on": int8gemm.OUTLIER_MAX_DENSITY, "off": -1.0}[v]),  # off: every limb dense
-    # the conv weight gradients' top-digit rows as one small GEMM (off: their top limb dense)
+    # the convolutions' top-digit rows as one small GEMM (off: their top limb dense)
     "outlier_rows": ("OUTLIER_MAX_ROW_FRACTION",
                      lambda v: {"on": int8gemm.OUTLIER_MAX_ROW_FRACTION, "off": -1.0}[v]),
     "digit_bits": ("_DIGIT_BITS", _digit_bits),

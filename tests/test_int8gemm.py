@@ -208,6 +208,49 @@ def test_conv_weight_gradient_adds_its_error_outliers_from_input_patches(monkeyp
     assert kernels._patches(x[:2], rows, 3, 3, 1).tolist() == columns[rows].tolist()
 
 
+def test_conv_forward_adds_its_weight_outliers_from_input_columns(monkeypatch, library, int8_on):
+    """A grown conv weight: within two 8-bit digits but for entries past them, clustered in a few rows
+    (input features) as grown weights hold them. The forward runs two limbs and adds those rows as one
+    more small GEMM against the matching columns of its patches, rebuilt from the input per batch chunk,
+    exactly as the float paths compute it."""
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", 8)
+    monkeypatch.setattr(kernels, "IM2COL_CHUNK_ELEMENTS", 2 * 6 * 5 * 36)  # chunks of 2 images
+    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
+    monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
+    rng = np.random.default_rng(12)
+    x = rng.integers(-128, 128, size=(5, 6, 5, 4)).astype(np.int8)
+    x[0, 0, 0], x[4, 5, 4] = -128, 127
+    w = rng.integers(-32639, 32640, size=(3, 4, 3, 3)).astype(np.int32)
+    cap = int8gemm.limb_capacity(3, 8)
+    w[:, 0, 0, 0] = [cap, -cap, 32640]  # row (0, 0, c=0) of the weight matrix: a corner window position
+    w[1, 3, 2, 2], w[2, 1, 1, 2] = -cap, 32640  # rows (2, 2, 3) and (1, 2, 1)
+    assert np.count_nonzero(np.abs(w) > 32639) > int8gemm.OUTLIER_MAX_DENSITY * w.size  # too many entries
+    seen = []
+    real = int8gemm._add_outlier_rows
+    monkeypatch.setattr(int8gemm, "_add_outlier_rows", lambda *a: seen.append(a) or real(*a))
+    got = kernels.conv2d_nhwc(x, w)
+    assert len(seen) == 3  # the path under test ran, in each chunk
+    monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
+    assert got.tolist() == kernels.conv2d_nhwc(x, w).tolist()
+    rows = np.array([0, 3, 17, 35, 35, 20])  # corners, the centre, a repeat, unordered
+    columns = kernels._im2col(x[:2], 3, 3, 1, np.int8)
+    assert kernels._patch_columns(x[:2], rows, 3, 3, 1).tolist() == columns[:, rows].T.tolist()
+
+
+def test_top_digit_rows_are_judged_by_whole_rows():
+    """Large entries clustered in rows: too many for the entry-by-entry correction, few enough rows for
+    the rows' GEMM; past OUTLIER_MAX_ROW_FRACTION of the rows, every limb stays."""
+    rng = np.random.default_rng(6)
+    low_cap = int8gemm.limb_capacity(2, 8)
+    w = extreme_operand(rng, (2048, 64), low_cap)
+    w[::8, :8] = low_cap + 1  # an eighth of the rows, 1.6% of the entries
+    bound = int(np.abs(w).max())
+    assert int8gemm._limb_digits(w, 3, 8, 1, bound)[1] == 3
+    assert int8gemm._limb_digits(w, 3, 8, 1, bound, rows=True)[1] == 2
+    w[::3, 0] = -low_cap - 1  # now 42% of the rows
+    assert int8gemm._limb_digits(w, 3, 8, 1, bound, rows=True)[1] == 3
+
+
 def test_a_top_limb_used_by_more_than_a_few_entries_keeps_every_limb():
     rng = np.random.default_rng(5)
     w = extreme_operand(rng, (300, 40), int8gemm.limb_capacity(3, 8))

@@ -453,6 +453,23 @@ def _patches(x_nhwc: Any, rows: Any, kh: int, kw: int, padding: int) -> Any:
     return windows.reshape(len(rows), kh * kw * c)
 
 
+def _patch_columns(x_nhwc: Any, rows: Any, kh: int, kw: int, padding: int) -> Any:
+    """Columns `rows` of _im2col(x_nhwc) as int8 rows [len(rows), N*H'*W'] (unshifted), built from x alone:
+    column (i, j, c) is channel c of the padded input shifted by (i, j), a slab of its channels-first copy."""
+    n, h, w, c = x_nhwc.shape
+    out_h, out_w = h + 2 * padding - kh + 1, w + 2 * padding - kw + 1
+    position, channel = np.divmod(rows, c)
+    channels, channel = np.unique(channel, return_inverse=True)  # only the channels these columns read
+    xpad = np.zeros((len(channels), n, h + 2 * padding, w + 2 * padding), dtype=x_nhwc.dtype)
+    xpad[:, :, padding : padding + h, padding : padding + w] = x_nhwc[..., channels].transpose(3, 0, 1, 2)
+    out = np.empty((len(rows), n, out_h, out_w), dtype=x_nhwc.dtype)
+    for p in np.unique(position):  # one slab gather per window position
+        i, j = divmod(int(p), kw)
+        at = np.flatnonzero(position == p)
+        out[at] = xpad[channel[at], :, i : i + out_h, j : j + out_w]
+    return out.reshape(len(rows), n * out_h * out_w)
+
+
 def _column_source(x: Any, dtype: Any) -> tuple[Any, int]:
     """The values im2col copies and its padding value: uint8 columns hold x + 128 (0 shifts to 128)."""
     if dtype == np.uint8 and x.dtype == np.int8:
@@ -486,8 +503,10 @@ def _conv_forward(x_nhwc: Any, w: Any, padding: int, finish: Any, out_dtype: Any
     out = xp.empty((n, out_h, out_w, o), dtype=out_dtype)
     step = _batch_step(out_h * out_w * k)
     for start in range(0, n, step):
-        cols = _im2col(x_nhwc[start : start + step], kh, kw, padding, plan.operand)
-        out[start : start + step] = finish(_gemm(cols, wmat, plan)).reshape(-1, out_h, out_w, o)
+        chunk = x_nhwc[start : start + step]
+        cols = _im2col(chunk, kh, kw, padding, plan.operand)
+        y = _gemm(cols, wmat, plan, lambda rows, chunk=chunk: _patch_columns(chunk, rows, kh, kw, padding))
+        out[start : start + step] = finish(y).reshape(-1, out_h, out_w, o)
     return out
 
 
