@@ -177,27 +177,34 @@ def test_a_nearly_empty_top_limb_takes_one_limb_fewer_and_its_few_entries_are_ad
     assert got.astype(object).tolist() == ref_matmul(e, x.T)
 
 
-def test_conv_weight_gradient_adds_its_error_outliers_from_input_patches(monkeypatch, library, int8_on):
+@pytest.fixture
+def small_conv(monkeypatch, library, int8_on) -> tuple[np.ndarray, list]:
+    """A conv input of five 6x5 images, 4 channels, extremes included, taken by the int8 path with 8-bit
+    digits in batch chunks of 2 images; with the list of the calls to _add_outlier_rows it makes."""
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", 8)
+    monkeypatch.setattr(kernels, "IM2COL_CHUNK_ELEMENTS", 2 * 6 * 5 * 9 * 4)
+    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)  # a product this small would stay float
+    monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
+    x = np.random.default_rng(11).integers(-128, 128, size=(5, 6, 5, 4)).astype(np.int8)
+    x[0, 0, 0], x[4, 5, 4] = -128, 127
+    seen: list = []
+    real = int8gemm._add_outlier_rows
+    monkeypatch.setattr(int8gemm, "_add_outlier_rows", lambda *a: seen.append(a) or real(*a))
+    return x, seen
+
+
+def test_conv_weight_gradient_adds_its_error_outliers_from_input_patches(monkeypatch, small_conv):
     """A grown error map: small but for a few entries past two 8-bit digits. The weight gradient runs two
     limbs and adds the rows holding those entries as one more small GEMM against patches of its input,
     rebuilt per output position (batch chunks and K slices included), exactly as the float paths compute
     it."""
-    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", 8)
+    x, seen = small_conv
     monkeypatch.setattr(int8gemm, "max_k", lambda: 2)  # the rows' GEMM in slices too
-    monkeypatch.setattr(kernels, "IM2COL_CHUNK_ELEMENTS", 2 * 6 * 5 * 9 * 4)  # chunks of 2 images
-    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)  # a product this small would stay float
-    monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
-    rng = np.random.default_rng(11)
-    x = rng.integers(-128, 128, size=(5, 6, 5, 4)).astype(np.int8)
-    x[0, 0, 0], x[4, 5, 4] = -128, 127
-    delta = rng.integers(-32639, 32640, size=(5, 6, 5, 3)).astype(np.int32)
+    delta = np.random.default_rng(11).integers(-32639, 32640, size=(5, 6, 5, 3)).astype(np.int32)
     cap = int8gemm.limb_capacity(3, 8)
     for position, value in ((3, cap), (5, -cap), (250, -cap), (401, 32640), (410, cap), (430, 32640),
                             (449, -cap)):
         delta.reshape(-1)[position] = value  # in images 0 (two in one row), 2 and 4 (four rows): three chunks
-    seen = []
-    real = int8gemm._add_outlier_rows
-    monkeypatch.setattr(int8gemm, "_add_outlier_rows", lambda *a: seen.append(a) or real(*a))
     got = kernels.conv2d_weight_grad_exact(x, delta)
     assert len(seen) == 3  # the path under test ran, in each chunk
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
@@ -208,26 +215,17 @@ def test_conv_weight_gradient_adds_its_error_outliers_from_input_patches(monkeyp
     assert kernels._patches(x[:2], rows, 3, 3, 1).tolist() == columns[rows].tolist()
 
 
-def test_conv_forward_adds_its_weight_outliers_from_input_columns(monkeypatch, library, int8_on):
+def test_conv_forward_adds_its_weight_outliers_from_input_columns(monkeypatch, small_conv):
     """A grown conv weight: within two 8-bit digits but for entries past them, clustered in a few rows
     (input features) as grown weights hold them. The forward runs two limbs and adds those rows as one
     more small GEMM against the matching columns of its patches, rebuilt from the input per batch chunk,
     exactly as the float paths compute it."""
-    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", 8)
-    monkeypatch.setattr(kernels, "IM2COL_CHUNK_ELEMENTS", 2 * 6 * 5 * 36)  # chunks of 2 images
-    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
-    monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
-    rng = np.random.default_rng(12)
-    x = rng.integers(-128, 128, size=(5, 6, 5, 4)).astype(np.int8)
-    x[0, 0, 0], x[4, 5, 4] = -128, 127
-    w = rng.integers(-32639, 32640, size=(3, 4, 3, 3)).astype(np.int32)
+    x, seen = small_conv
+    w = np.random.default_rng(12).integers(-32639, 32640, size=(3, 4, 3, 3)).astype(np.int32)
     cap = int8gemm.limb_capacity(3, 8)
     w[:, 0, 0, 0] = [cap, -cap, 32640]  # row (0, 0, c=0) of the weight matrix: a corner window position
     w[1, 3, 2, 2], w[2, 1, 1, 2] = -cap, 32640  # rows (2, 2, 3) and (1, 2, 1)
     assert np.count_nonzero(np.abs(w) > 32639) > int8gemm.OUTLIER_MAX_DENSITY * w.size  # too many entries
-    seen = []
-    real = int8gemm._add_outlier_rows
-    monkeypatch.setattr(int8gemm, "_add_outlier_rows", lambda *a: seen.append(a) or real(*a))
     got = kernels.conv2d_nhwc(x, w)
     assert len(seen) == 3  # the path under test ran, in each chunk
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
