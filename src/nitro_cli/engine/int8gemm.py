@@ -360,21 +360,19 @@ def _add_outliers(out: np.ndarray, narrow: np.ndarray, rest: np.ndarray, shift: 
 def _add_outlier_rows(out: np.ndarray, rest: np.ndarray, shift: int, columns: Callable[[np.ndarray], Any],
                       threads: int) -> None:
     """out += a @ (rest * 2^shift) for a rest [K, N] that is 0 but on a few rows, with `columns(rows)`
-    giving a[:, rows].T [len(rows), M] as int8 (or as shift_int8's uint8): those rows of rest (each entry
-    one top digit, as a limb's digits are) against those columns of a make one small int8 GEMM, exact as
-    a limb product is; its int32 result, times 2^shift, stays within the bound that chose out's dtype (see
-    _add_outliers)."""
+    giving a[:, rows].T as int8 [len(rows), M]: those rows of rest (each entry one top digit, as a limb's
+    digits are) against those columns of a make one small int8 GEMM, exact as a limb product is; its
+    int32 result, times 2^shift, stays within the bound that chose out's dtype (see _add_outliers)."""
     rows = np.flatnonzero((rest.max(axis=1) != 0) | (rest.min(axis=1) != 0))
     step = max_k()
     for start in range(0, rows.size, step):
         chunk = rows[start : start + step]
-        a_part = np.ascontiguousarray(columns(chunk).T)
+        a_t = np.ascontiguousarray(columns(chunk).T)
         top = rest[chunk].astype(np.int8)
         if backend() == "torch":
-            y = _matmul_s8s8(a_part if a_part.dtype == np.int8 else shift_int8(a_part).view(np.int8), top,
-                             threads)
+            y = _matmul_s8s8(a_t, top, threads)
         else:
-            y = _matmul_u8s8(a_part if a_part.dtype == np.uint8 else shift_int8(a_part), 128, top, threads)
+            y = _matmul_u8s8(shift_int8(a_t), 128, top, threads)
         out += np.multiply(y, out.dtype.type(1 << shift), dtype=out.dtype)
 
 
