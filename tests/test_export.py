@@ -3,7 +3,6 @@ refused cleanly on bad input."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import re
@@ -196,7 +195,7 @@ def test_compat_int32_wrap_and_zero_head_padding_are_reproduced(vgg_run: Path, t
         scaled[name] = (scaled[name].astype(np.int64) << 20).clip(-2**31, 2**31 - 1).astype(np.int32)
 
     def model_with(params: dict, **switches: bool):
-        config = {**ckpt.state["model"], "compat": dataclasses.asdict(Arithmetic(**switches))}
+        config = {**ckpt.state["model"], "compat": Arithmetic(**switches).to_config()}
         m = build_from_config(config, np.random.default_rng(0))
         m.load_state_dict(params)
         return m

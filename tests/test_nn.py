@@ -214,6 +214,21 @@ def test_loss_error_is_computed_wide_unless_int8_is_asked_for():
     assert Arithmetic(int8_loss_error=True).loss_error(y_hat, y).tolist() == [[97, 127]]
 
 
+def test_the_reference_arithmetic_counts_each_entry_it_wraps():
+    arith = Arithmetic(int8_loss_error=True, int32_accumulation=True)
+    y_hat = np.array([[-127, 127, 100], [-100, 0, 127]], dtype=np.int8)
+    y = np.array([[32, 0, -32], [32, 0, -1]], dtype=np.int8)
+    arith.loss_error(y_hat, y)  # -159 and 132 wrap; -132 wraps; 128 wraps
+    layer = IntegerLinear("block1", 3, 2, np.random.default_rng(0))
+    layer.weight[:] = [[2**30, 2**30, 0], [1, 1, 1]]
+    delta = np.array([[2, 0], [1, 1]], dtype=np.int8)
+    arith.input_error(layer, delta)  # sums 2^31 (wraps), 2^31 (wraps), 0, 2^30+1, 2^30+1, 1
+    assert arith.wraps.take() == (4, 2) and arith.wraps.take() == (0, 0)
+    exact = Arithmetic()
+    exact.loss_error(y_hat, y)
+    assert exact.wraps.take() == (0, 0) and not exact.counts_wraps and arith.counts_wraps
+
+
 def test_head_pool_geometry_follows_the_spec_examples():
     assert head_pool_geometry(128, 32, 32) == PoolGeometry(8, 4, 0, 0)
     g = head_pool_geometry(128, 28, 28)
@@ -256,18 +271,56 @@ def test_weight_update_overflow_raises_naming_the_layer():
         IntegerSGD(lr_inv=1, amp=1).step(layer, np.full((2, 2), -(2**20)), num_classes=10)
 
 
-def test_plateau_and_early_stopping_follow_their_rules_and_restore():
+def _flat_after(epoch: int, n: int) -> list[float]:
+    """A test curve that gains 2 points an epoch up to `epoch`, then stays within half a point."""
+    return [min(e, epoch) * 0.02 + (0.004 if e % 2 else 0.0) for e in range(1, n + 1)]
+
+
+def test_paper_watchers_ignore_the_epochs_before_their_start():
+    # Stops gaining a point at epoch 6. Watchers that remembered epochs 1-9 would cut lr_inv at 6 + 15 = 21
+    # and stop at 6 + 35 = 41; the reference's first see epoch 10 (plateau) and 30 (early stop).
+    accs = _flat_after(6, 80)
     opt = IntegerSGD(lr_inv=512)
-    plateau = PlateauSchedule(factor=3, patience=2, start_epoch=3, min_delta=0.01)
-    accs = [0.50, 0.505, 0.509, 0.509, 0.52, 0.52, 0.52]
+    plateau, early = PlateauSchedule(), EarlyStopping()
+    cuts = [e for e, a in enumerate(accs, start=1) if plateau.step(e, a, opt)]
+    stops = [e for e, a in enumerate(accs, start=1) if early.step(e, a)]
+    assert cuts == [25, 40, 55, 70] and opt.lr_inv == 512 * 3**4
+    assert stops[0] == 65 and early.stopped_after(65)
+
+
+def test_watcher_counts_below_best_plus_delta_as_stale_from_zero():
+    opt = IntegerSGD(lr_inv=512)
+    plateau = PlateauSchedule(factor=3, patience=2, start_epoch=2, min_delta=0.01)
+    # epoch 1 unseen; epoch 2: 0.005 < 0 + 0.01 is stale; 3: 0.5 becomes best; 4, 5 stale -> cut at 5
+    accs = [0.9, 0.005, 0.5, 0.509, 0.5, 0.52, 0.52, 0.52]
     fired = [plateau.step(e, a, opt) for e, a in enumerate(accs, start=1)]
-    # epoch 3: 2 stale epochs and past the start -> x3; epoch 5 improves; epoch 7: 2 stale again -> x3
-    assert fired == [False, False, True, False, False, False, True] and opt.lr_inv == 512 * 9
-    stop = EarlyStopping(patience=2, start_epoch=1, min_delta=0.01)
-    assert [stop.step(e, a) for e, a in enumerate([0.5, 0.5, 0.5], start=1)] == [False, False, True]
-    again = EarlyStopping(patience=2, start_epoch=1)
-    again.load_state_dict(stop.state_dict())
-    assert again.stale == stop.stale and again.reference == stop.reference
+    assert fired == [False, False, False, False, True, False, False, True] and opt.lr_inv == 512 * 9
+    assert plateau.best == 0.52
+
+
+@pytest.mark.parametrize("split", [5, 12, 40, 60])
+def test_watchers_resume_anywhere_as_if_never_interrupted(split):
+    # 5: inside both ignored windows; 12: plateau waiting, early stop still blind; 40, 60: both waiting
+    accs = _flat_after(6, 70)
+    whole_opt, whole_p, whole_e = IntegerSGD(lr_inv=512), PlateauSchedule(), EarlyStopping()
+    whole = [(whole_p.step(e, a, whole_opt), whole_e.step(e, a)) for e, a in enumerate(accs, start=1)]
+    opt, plateau, early = IntegerSGD(lr_inv=512), PlateauSchedule(), EarlyStopping()
+    first = [(plateau.step(e, a, opt), early.step(e, a)) for e, a in enumerate(accs[:split], start=1)]
+    opt2, plateau2, early2 = IntegerSGD(lr_inv=opt.lr_inv), PlateauSchedule(), EarlyStopping()
+    plateau2.load_state_dict(plateau.state_dict(), split)
+    early2.load_state_dict(early.state_dict(), split)
+    rest = [(plateau2.step(e, a, opt2), early2.step(e, a))
+            for e, a in enumerate(accs[split:], start=split + 1)]
+    assert first + rest == whole and opt2.lr_inv == whole_opt.lr_inv
+
+
+def test_watcher_state_from_before_the_correction_loads_only_while_unseen():
+    old = {"reference": 0.5, "stale": 3}
+    plateau = PlateauSchedule()
+    plateau.load_state_dict(old, 5)  # the corrected watcher has seen nothing before epoch 10
+    assert (plateau.best, plateau.stale) == (0.0, 0)
+    with pytest.raises(ValueError, match="before spec section 5's correction"):
+        EarlyStopping().load_state_dict(old, 30)
 
 
 def test_unknown_preset_and_widths_are_refused():

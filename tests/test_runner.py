@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -216,13 +217,13 @@ def test_summary_of_a_resumed_run_keeps_its_epochs_while_it_trains(tmp_path: Pat
 
 def test_resuming_a_run_that_stopped_early_trains_nothing(tmp_path: Path) -> None:
     early = ("trainer.max_epochs=5", "optimizer.early_stop.patience=1", "optimizer.early_stop.start_epoch=1",
-             "optimizer.early_stop.min_delta=1.0")  # a gain of 100 points never comes: stops after epoch 2
+             "optimizer.early_stop.min_delta=1.0")  # 100 points above 0 never come: stops after epoch 1
     first = fit(composed(*TINY_CFG, *early), tmp_path / "run")
-    assert first["status"] == "completed" and first["epochs_run"] == 2
+    assert first["status"] == "completed" and first["epochs_run"] == 1
     metrics = (tmp_path / "run/metrics.csv").read_text()
     again = fit(composed(*TINY_CFG, *early), tmp_path / "run",
                 resume=load_checkpoint(tmp_path / "run/checkpoints/last.npz"))
-    assert again["epochs_run"] == 2 and again["best_test_accuracy"] == first["best_test_accuracy"]
+    assert again["epochs_run"] == 1 and again["best_test_accuracy"] == first["best_test_accuracy"]
     assert (tmp_path / "run/metrics.csv").read_text() == metrics
 
 
@@ -259,3 +260,14 @@ def test_plain_progress_lines_carry_the_eta_of_the_epoch_and_of_the_run(
     # 1 s per batch: 90 batches left in this epoch, then 2 epochs of 100
     assert lines == ["epoch 2 batch 10/100  loss 1.000  train 50.00%  64 img/s  "
                      "ETA epoch 0:01:30, run 0:04:50"]
+
+
+def test_reference_arithmetic_runs_count_their_wraps_per_epoch(tmp_path: Path) -> None:
+    fit(composed(*TINY_CFG, "compat=reference"), tmp_path / "ref")
+    fit(composed(*TINY_CFG), tmp_path / "exact")
+    with (tmp_path / "ref/metrics.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 and all(int(r["wrapped_loss_errors"]) >= 0 and int(r["wrapped_sums"]) >= 0
+                                  for r in rows)
+    exact_header = (tmp_path / "exact/metrics.csv").read_text().splitlines()[0]
+    assert "wrapped" not in exact_header

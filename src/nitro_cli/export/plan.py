@@ -14,7 +14,6 @@ exporter whose layout differs permutes the columns (`Linear.weight_chw`).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,8 +152,8 @@ class Plan:
 
 def check_arithmetic(arith: Arithmetic) -> None:
     """Refuse compat switches this exporter does not know how to reproduce."""
-    unknown = sorted(f.name for f in dataclasses.fields(arith)
-                     if getattr(arith, f.name) and f.name not in INFERENCE_SWITCHES | TRAINING_ONLY_SWITCHES)
+    unknown = sorted(name for name, on in arith.to_config().items()
+                     if on and name not in INFERENCE_SWITCHES | TRAINING_ONLY_SWITCHES)
     if unknown:
         raise NitroError(f"the checkpoint uses compat switch(es) {', '.join(unknown)}, which nitro export "
                          "cannot reproduce; export a checkpoint trained without them")

@@ -14,7 +14,7 @@ the engine checks the actual bound anyway and raises rather than wrap.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,20 @@ def wrap_int32(x: Any) -> Any:
     return x.astype(np.int64, copy=False).astype(np.int32)
 
 
+@dataclass
+class WrapCounts:
+    """Entries that wrapped since the last `take`: what the reference's arithmetic changed, measured."""
+
+    loss_errors: int = 0
+    sums: int = 0
+
+    def take(self) -> tuple[int, int]:
+        """(loss errors, sums) wrapped so far; starts the count again."""
+        counts = (self.loss_errors, self.sums)
+        self.loss_errors = self.sums = 0
+        return counts
+
+
 @dataclass(frozen=True)
 class Arithmetic:
     """The four reference behaviours of spec section 6, each off unless asked for (`compat` config group)."""
@@ -43,6 +57,7 @@ class Arithmetic:
     int32_accumulation: bool = False
     head_pool_zero_padding: bool = False
     cnn_linear_double_update: bool = False
+    wraps: WrapCounts = field(default_factory=WrapCounts, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None) -> Arithmetic:
@@ -50,28 +65,41 @@ class Arithmetic:
         return cls(**{k: bool(v) for k, v in (cfg or {}).items() if k != "name"})
 
     def to_config(self) -> dict[str, bool]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "wraps"}
+
+    @property
+    def counts_wraps(self) -> bool:
+        """Whether anything can wrap, so that `wraps` is worth reporting."""
+        return self.int8_loss_error or self.int32_accumulation
+
+    def _wrap32(self, x: Any) -> Any:
+        wrapped = wrap_int32(x)
+        self.wraps.sums += int((wrapped != x).sum())
+        return wrapped
 
     def loss_error(self, y_hat: Any, y: Any) -> Any:
         """y_hat - y: exact in int64, or wrapped in int8 (where it flips the sign of large errors)."""
         if self.int8_loss_error:
-            return wrap_int8(y_hat.astype(np.int16) - y)
+            exact = y_hat.astype(np.int16) - y
+            wrapped = wrap_int8(exact)
+            self.wraps.loss_errors += int((wrapped != exact).sum())
+            return wrapped
         return y_hat.astype(np.int64) - y.astype(np.int64)
 
     def forward_scaled(self, layer: Layer, x: Any) -> Any:
         """Scaling(layer(x)); with int32 accumulation the sums wrap before the division and the clip."""
         if self.int32_accumulation:
-            return scaling(wrap_int32(layer.forward(x)), layer.fan_in)
+            return scaling(self._wrap32(layer.forward(x)), layer.fan_in)
         return layer.forward_scaled(x)
 
     def weight_grad(self, layer: Layer, x: Any, delta: Any) -> Any:
         grad = layer.weight_grad(x, delta)
-        return wrap_int32(grad) if self.int32_accumulation else grad
+        return self._wrap32(grad) if self.int32_accumulation else grad
 
     def input_error(self, layer: IntegerLinear, delta: Any) -> Any:
         """delta @ W (the head's error into its block)."""
         if self.int32_accumulation:
-            return wrap_int32(matmul(delta, layer.weight))
+            return self._wrap32(matmul(delta, layer.weight))
         return layer.input_error(delta)
 
     @property

@@ -43,6 +43,9 @@ class StepResult:
     correct: int
     head_correct: list[int]
     n: int
+    # entries the reference's arithmetic wrapped in this step (0 unless compat switches them on)
+    wrapped_loss_errors: int = 0
+    wrapped_sums: int = 0
 
 
 @dataclass
@@ -243,6 +246,7 @@ class NitroNet:
         h = self._check(x)
         y = self.xp.asarray(y_onehot)
         labels = np.asarray(labels)
+        self.arith.wraps.take()  # what evaluation wrapped is not this step's
         head_correct = []
         for stage in self.stages:
             if isinstance(stage, LocalBlock):
@@ -263,7 +267,7 @@ class NitroNet:
         delta = delta.astype(np.int64, copy=False)
         loss = float(to_host((delta * delta).sum())) / 2 / len(labels)
         correct = int((to_host(y_hat.argmax(axis=1)) == labels).sum())
-        return StepResult(loss, correct, head_correct, len(labels))
+        return StepResult(loss, correct, head_correct, len(labels), *self.arith.wraps.take())
 
     def predict(self, x: Any) -> tuple[np.ndarray, list[np.ndarray]]:
         """Output logits and every head's logits, in evaluation mode (no dropout), as host arrays."""

@@ -6,31 +6,46 @@ from typing import Any
 
 
 class _Watcher:
-    """Tracks the accuracy to beat: an improvement must exceed the last reference by `min_delta`."""
+    """The reference's watcher (spec section 5): blind before `start_epoch`, then counts stale epochs.
+
+    An epoch before `start_epoch` is not observed at all, so nothing learnt early delays or hastens the
+    first action: with start 10 and patience 15 the earliest plateau cut is at epoch 25. From the start
+    on, an accuracy below `best + min_delta` adds one stale epoch; any other becomes `best` (which starts
+    at 0) and clears the count.
+    """
 
     def __init__(self, patience: int, start_epoch: int, min_delta: float) -> None:
         if patience < 1 or start_epoch < 0 or min_delta < 0:
             raise ValueError(f"need patience >= 1, start_epoch >= 0, min_delta >= 0; got {patience}, "
                              f"{start_epoch}, {min_delta}")
         self.patience, self.start_epoch, self.min_delta = patience, start_epoch, min_delta
-        self.reference: float | None = None
+        self.best = 0.0
         self.stale = 0
 
-    def _observe(self, accuracy: float) -> None:
-        if self.reference is None or accuracy >= self.reference + self.min_delta:
-            self.reference, self.stale = accuracy, 0
-        else:
+    def _observe(self, epoch: int, accuracy: float) -> bool:
+        """Count `epoch` if the watcher sees it; True when the stale count has reached the patience."""
+        if epoch < self.start_epoch:
+            return False
+        if accuracy < self.best + self.min_delta:
             self.stale += 1
-
-    def _due(self, epoch: int) -> bool:
-        return epoch >= self.start_epoch and self.stale >= self.patience
+        else:
+            self.best, self.stale = accuracy, 0
+        return self.stale >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"reference": self.reference, "stale": self.stale}
+        return {"best": self.best, "stale": self.stale}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reference = None if state["reference"] is None else float(state["reference"])
-        self.stale = int(state["stale"])
+    def load_state_dict(self, state: dict[str, Any], epochs_done: int) -> None:
+        """Restore after `epochs_done` epochs; a state saved by the earlier watchers (which observed every
+        epoch) loads only while the watcher has seen nothing yet (its state is then the initial one)."""
+        if "best" in state:
+            self.best, self.stale = float(state["best"]), int(state["stale"])
+        elif epochs_done < self.start_epoch:
+            self.best, self.stale = 0.0, 0
+        else:
+            raise ValueError(f"its plateau/early-stop state was saved after epoch {epochs_done} by the "
+                             "watchers before spec section 5's correction (2026-12-06), which observed "
+                             "the epochs before their start; start the run again")
 
 
 class PlateauSchedule(_Watcher):
@@ -45,8 +60,7 @@ class PlateauSchedule(_Watcher):
 
     def step(self, epoch: int, accuracy: float, optimizer: Any) -> bool:
         """Observe the epoch's accuracy; True when lr_inv was multiplied (the wait then starts over)."""
-        self._observe(accuracy)
-        if self._due(epoch):
+        if self._observe(epoch, accuracy):
             optimizer.lr_inv *= self.factor
             self.stale = 0
             return True
@@ -62,7 +76,7 @@ class ConstantSchedule:
     def state_dict(self) -> dict[str, Any]:
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], epochs_done: int) -> None:
         pass
 
 
@@ -73,9 +87,8 @@ class EarlyStopping(_Watcher):
         super().__init__(patience, start_epoch, min_delta)
 
     def step(self, epoch: int, accuracy: float) -> bool:
-        self._observe(accuracy)
-        return self._due(epoch)
+        return self._observe(epoch, accuracy)
 
     def stopped_after(self, epoch: int) -> bool:
         """Whether a run whose state this is stopped early after `epoch`: resuming it trains nothing."""
-        return self._due(epoch)
+        return self.stale >= self.patience

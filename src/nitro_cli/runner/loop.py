@@ -171,9 +171,14 @@ class _Run:
         return summary
 
 
-def _metrics_header(num_heads: int) -> list[str]:
+_WRAP_KEYS = ("wrapped_loss_errors", "wrapped_sums")
+
+
+def _metrics_header(num_heads: int, counts_wraps: bool) -> list[str]:
+    """metrics.csv's columns; a run whose arithmetic can wrap (compat) also counts the wrapped entries."""
     heads = [f"head{i}_acc" for i in range(1, num_heads + 1)]
-    return ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", *heads, "lr_inv", "seconds"]
+    wraps = list(_WRAP_KEYS) if counts_wraps else []
+    return ["epoch", "train_loss", "train_acc", "val_acc", "test_acc", *heads, "lr_inv", "seconds", *wraps]
 
 
 def _csv_text(rows: list[list[Any]]) -> str:
@@ -262,7 +267,7 @@ def finished_run(ckpt: Checkpoint, cfg: Mapping[str, Any]) -> str | None:
     s = ckpt.state
     try:
         if early is not None and s.get("early_stop") is not None:
-            early.load_state_dict(s["early_stop"])
+            early.load_state_dict(s["early_stop"], int(s["epoch"]))
         return _nothing_to_train(int(s["epoch"]), s.get("position"), early, cfg["trainer"]["max_epochs"])
     except (KeyError, TypeError, ValueError) as exc:
         raise NitroError(f"cannot resume from {ckpt.path}: its run state is incomplete ({exc})") from None
@@ -339,7 +344,7 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
     model = build_network(cfg, data.in_shape, data.num_classes, rngs.init, xp)
     opt = build_optimizer(cfg)
     plateau, early = _schedules(o)
-    header = _metrics_header(len(model.head_names))
+    header = _metrics_header(len(model.head_names), model.arith.counts_wraps)
     position: dict[str, Any] | None = None
     perm: np.ndarray | None = None
     if resume is not None:
@@ -372,6 +377,8 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
                 acc_state = {"loss_sum": 0.0, "correct": 0, "n": 0, "seconds": 0.0, "next_batch": 0}
             else:
                 acc_state, position = position, None
+            for key in _WRAP_KEYS:  # a position saved before the counters existed starts them at 0
+                acc_state.setdefault(key, 0)
             assert perm is not None
             if _train_epoch(run, epoch, model, opt, rngs, data, y_train, perm, acc_state, n_batches, stop,
                             display):
@@ -413,6 +420,8 @@ def _train_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, rngs: 
         acc["loss_sum"] += res.loss * res.n
         acc["correct"] += res.correct
         acc["n"] += res.n
+        acc["wrapped_loss_errors"] += res.wrapped_loss_errors
+        acc["wrapped_sums"] += res.wrapped_sums
         acc["seconds"] += time.monotonic() - start
         acc["next_batch"] = b + 1
         display.batch_done(b + 1, acc["loss_sum"] / acc["n"], acc["correct"] / acc["n"],
@@ -448,6 +457,10 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
     train_loss, train_acc = acc["loss_sum"] / acc["n"], acc["correct"] / acc["n"]
     row = [epoch, train_loss, train_acc, val_acc, test.accuracy, *test.head_accuracies, lr_inv,
            round(seconds, 3)]
+    wraps = ""
+    if model.arith.counts_wraps:
+        row += [acc[k] for k in _WRAP_KEYS]
+        wraps = f"  wrapped {acc['wrapped_loss_errors']:,} loss errors, {acc['wrapped_sums']:,} sums"
     run.metrics.append(row)
     try:
         _save_last(run, model, opt, plateau, early, rngs, data, None, None)
@@ -464,7 +477,8 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
     heads = " ".join(f"{a:.1%}" for a in test.head_accuracies)
     display.line(f"epoch {epoch}/{t['max_epochs']}  loss {train_loss:.3f}  train {train_acc:.2%}{val}  "
                  f"test {test.accuracy:.2%}  heads [{heads}]  lr_inv {lr_inv}  {seconds:.1f}s  "
-                 f"{acc['n'] / max(acc['seconds'], 1e-9):.0f} img/s" + ("  *best*" if improved else ""))
+                 f"{acc['n'] / max(acc['seconds'], 1e-9):.0f} img/s{wraps}"
+                 + ("  *best*" if improved else ""))
     display.epoch_done(epoch)
     if lowered:
         display.line(f"plateau: lr_inv {lr_inv} -> {opt.lr_inv}")
@@ -529,9 +543,9 @@ def _restore(run: _Run, ckpt: Checkpoint, model: NitroNet, opt: IntegerSGD, plat
             raise NitroError(f"the dataset {run.cfg['data']['name']} differs from the one {ckpt.path} was "
                              "trained on (other normalization statistics); point data.root at the same files")
         opt.load_state_dict(s["optimizer"])
-        plateau.load_state_dict(s["plateau"])
+        plateau.load_state_dict(s["plateau"], int(s["epoch"]))
         if early is not None and s.get("early_stop") is not None:
-            early.load_state_dict(s["early_stop"])
+            early.load_state_dict(s["early_stop"], int(s["epoch"]))
         rngs.load_state_dict(s["rng"])
         run.epoch = int(s["epoch"])
         run.metrics = [list(r) for r in s["metrics"]]
