@@ -119,10 +119,9 @@ def test_discovery_finds_training_runs_only(runs_root: Path) -> None:
     dirs = find_run_dirs([runs_root / "multirun", runs_root / "outputs", runs_root / "missing"])
     assert len(dirs) == 9  # 6 completed + failed + running + no summary; the report dir is not a run
     assert not any("report" in d.parts for d in dirs)
-    # A root may itself be a run dir; excluded folders are never entered.
+    # A root may itself be a run dir.
     one = runs_root / "outputs" / "2025-01-02" / "01-00-00"
     assert find_run_dirs([one]) == [one.resolve()]
-    assert len(find_run_dirs([runs_root], exclude=[runs_root / "outputs"])) == 6
     assert len(find_run_dirs([runs_root, runs_root / "multirun"])) == 9  # overlapping roots: no duplicates
 
 
@@ -360,3 +359,44 @@ def test_a_reader_that_stops_early_loses_no_report_file(runs_root: Path, tmp_pat
     assert proc.wait(timeout=120) == 0 and err == ""
     assert {p.name for p in out.iterdir()} == {"report.md", "report.csv", "accuracy_per_epoch.png",
                                               "vs_paper.png"}
+
+
+def test_report_into_the_folder_it_scans_finds_its_runs_and_not_its_own_files(runs_root: Path,
+                                                                             tmp_path: Path) -> None:
+    """`runs=X out=X` (twice: the second report must not read the first one's files as runs), and an out=
+    folder below a scanned root that itself holds runs."""
+    sweep = runs_root / "multirun" / "2025-01-01" / "10-00-00"
+    for _ in range(2):
+        res = subprocess.run([str(NITRO), "report", f"runs={sweep}", f"out={sweep}"], capture_output=True,
+                             text=True, cwd=tmp_path, env=_env(), timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "1 group(s) from 3 completed run(s), 3 failed/unfinished" in res.stdout
+        assert (sweep / "report.csv").is_file()
+    res = subprocess.run([str(NITRO), "report", f"runs={runs_root}", f"out={runs_root / 'outputs'}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "2 group(s) from 6 completed run(s), 3 failed/unfinished" in res.stdout
+
+
+def test_a_metrics_csv_that_disagrees_with_summary_json_is_warned_about(tmp_path: Path) -> None:
+    cut = make_run(tmp_path / "cut", experiment="custom", trainer="default", seed=1, group="g",
+                   curve=[0.5, 0.6, 0.7])
+    lines = (cut / "metrics.csv").read_text().splitlines(keepends=True)
+    (cut / "metrics.csv").write_text("".join(lines[:2]))  # the header and epoch 1 of 3
+    gone = make_run(tmp_path / "gone", experiment="custom", trainer="default", seed=2, group="g",
+                    curve=[0.5, 0.6])
+    (gone / "metrics.csv").unlink()
+    make_run(tmp_path / "whole", experiment="custom", trainer="default", seed=3, group="g", curve=[0.5, 0.6])
+    res = subprocess.run([str(NITRO), "report", f"runs={tmp_path}", f"out={tmp_path / 'rep'}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, res.stdout
+    [cut_line] = [w for w in warnings if "cut" in w]
+    assert "metrics.csv has 1 epoch row(s) but summary.json says 3 epochs ran" in cut_line
+    [gone_line] = [w for w in warnings if "gone" in w]
+    assert "no metrics.csv but summary.json says 2 epochs ran" in gone_line
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Warnings" in md and "metrics.csv has 1 epoch row(s)" in md
+    [row] = list(csv.DictReader((tmp_path / "rep" / "report.csv").open()))
+    assert row["n"] == "3"  # a warning, not a reason to leave a run out

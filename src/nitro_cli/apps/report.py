@@ -66,7 +66,7 @@ def check(config: DictConfig, hydra_dir: Path, here: bool) -> None:
     holder = lock_holder(out)
     if holder is not None:
         raise busy_error(out, holder)
-    check_roots(_paths(cfg.get("runs")), exclude=[hydra_dir, out])
+    check_roots(_paths(cfg.get("runs")))
 
 
 def run_report(cfg: DictConfig) -> list[Path]:
@@ -74,7 +74,7 @@ def run_report(cfg: DictConfig) -> list[Path]:
     hydra_dir = Path(HydraConfig.get().runtime.output_dir)
     out = lock_folder(_out_dir(cfg, hydra_dir))
     try:
-        report = collect_runs(_paths(cfg.get("runs")), shipped_presets(), exclude=[hydra_dir, out])
+        report = collect_runs(_paths(cfg.get("runs")), shipped_presets())
         console = _Console()
         try:
             files = write_report(report, out, console)

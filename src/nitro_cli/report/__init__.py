@@ -43,14 +43,14 @@ class Report:
     warnings: list[str]
 
 
-def check_roots(roots: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Path]:
+def check_roots(roots: Iterable[Path]) -> list[Path]:
     """The training run folders under `roots`; NitroError when a root is a file or no run is found."""
     roots = [Path(r) for r in roots]
     for r in roots:
         if r.exists() and not r.is_dir():
             raise NitroError(f"runs: {display_path(r)} is a file; give the folders that hold the runs, e.g. "
                              f"runs={display_path(r.parent)} or runs=[DIR1,DIR2]")
-    dirs = find_run_dirs(roots, exclude=exclude)
+    dirs = find_run_dirs(roots)
     if not dirs:
         missing = [display_path(r) for r in roots if not r.is_dir()]
         searched = ", ".join(display_path(r) for r in roots) or "(none)"
@@ -62,14 +62,14 @@ def check_roots(roots: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Pat
     return dirs
 
 
-def collect_runs(roots: Iterable[Path], presets: Presets, exclude: Iterable[Path] = ()) -> Report:
+def collect_runs(roots: Iterable[Path], presets: Presets) -> Report:
     """Find, read, identify and group the training runs under `roots`.
 
     `presets` composes the shipped presets that runs are compared with (see identity.py). Raises NitroError
     when a root is a file or no training run is found, naming the folders searched.
     """
     roots = [Path(r) for r in roots]
-    runs = [read_run(d) for d in check_roots(roots, exclude)]
+    runs = [read_run(d) for d in check_roots(roots)]
     groups = group_runs((r, identify(r.config, presets)) for r in runs)
     failed = [r for r in runs if not r.completed]
     warnings = [f"{r.path}: {note}" for r in runs for note in r.notes]

@@ -54,16 +54,16 @@ class Run:
         return self.status == "completed"
 
 
-def find_run_dirs(roots: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Path]:
+def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
     """All run dirs under `roots` (a root may itself be one), sorted, without duplicates.
 
-    Folders in `exclude` (e.g. the report's own output dir) are never entered.
+    No folder is skipped for where it lies: a report's output folder may be the folder that holds the runs
+    (`runs=X out=X`), and the report's own files and Hydra dir are not runs by their content.
     """
-    excluded = {p.resolve() for p in exclude}
     found: set[Path] = set()
     for root in roots:
         root = root.resolve()
-        if not root.is_dir() or root in excluded:
+        if not root.is_dir():
             continue
         for dirpath, dirnames, _ in os.walk(root):
             here = Path(dirpath)
@@ -71,9 +71,7 @@ def find_run_dirs(roots: Iterable[Path], exclude: Iterable[Path] = ()) -> list[P
                 found.add(here)
                 dirnames.clear()  # a run's own folders hold no further runs
                 continue
-            dirnames[:] = sorted(
-                d for d in dirnames if d not in _SKIP_DIRS and (here / d).resolve() not in excluded
-            )
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
     return sorted(found)
 
 
@@ -114,12 +112,31 @@ def read_run(path: Path) -> Run:
             return run
         _fill_from_summary(run, summary)
 
+    rows: list[int] | None = None
     if (path / "metrics.csv").is_file():
         try:
-            run.test_acc_per_epoch = read_test_acc_per_epoch(path / "metrics.csv")
+            rows, run.test_acc_per_epoch = read_metrics(path / "metrics.csv")
         except (OSError, ValueError, csv.Error) as exc:
             run.notes.append(f"metrics.csv unreadable, left out of the per-epoch plot: {exc}")
+            return run
+    _check_metrics_rows(run, rows)
     return run
+
+
+def _check_metrics_rows(run: Run, epochs: list[int] | None) -> None:
+    """A note when metrics.csv (None: absent) does not hold one row per epoch that summary.json says ran:
+    a truncated or edited file would otherwise pass as a shorter curve. A running run's summary may lag
+    its metrics by an epoch, so it is not checked."""
+    ran = run.epochs_run
+    if not isinstance(ran, int) or run.status == "running" or epochs == list(range(1, ran + 1)):
+        return
+    if epochs is None:
+        if ran > 0:
+            run.notes.append(f"no metrics.csv but summary.json says {ran} epochs ran; "
+                             "left out of the per-epoch table and plot")
+        return
+    run.notes.append(f"metrics.csv has {len(epochs)} epoch row(s) but summary.json says {ran} epochs ran "
+                     "(truncated or edited?); the per-epoch table and plot show only its rows")
 
 
 def _fill_from_config(run: Run, cfg: dict[str, Any]) -> None:
@@ -169,15 +186,19 @@ def _fraction(value: Any) -> float:
     return x
 
 
-def read_test_acc_per_epoch(metrics_csv: Path) -> dict[int, float]:
-    """Test accuracy per epoch from metrics.csv (rows with an empty test_acc are skipped)."""
-    out: dict[int, float] = {}
+def read_metrics(metrics_csv: Path) -> tuple[list[int], dict[int, float]]:
+    """The epoch of every row of metrics.csv, in file order, and the test accuracy per epoch (rows with an
+    empty test_acc are left out of the accuracies)."""
+    epochs: list[int] = []
+    acc: dict[int, float] = {}
     with metrics_csv.open(newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or not {"epoch", "test_acc"} <= set(reader.fieldnames):
             raise ValueError("header lacks epoch/test_acc columns")
         for row in reader:
-            if row.get("test_acc") in (None, "") or row.get("epoch") in (None, ""):
+            if row.get("epoch") in (None, ""):
                 continue
-            out[int(row["epoch"])] = _fraction(row["test_acc"])
-    return out
+            epochs.append(int(row["epoch"]))
+            if row.get("test_acc") not in (None, ""):
+                acc[epochs[-1]] = _fraction(row["test_acc"])
+    return epochs, acc
