@@ -356,6 +356,83 @@ def test_sigterm_stops_mid_epoch_saves_and_resumes_bit_identically(reference: Pa
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
+# A short MNIST run that reads its dataset from a data root named on the command line only.
+MNIST_RUN = ["data=mnist", "model.hidden=[32]", "trainer.batch_size=8", "trainer.max_epochs=2",
+             "trainer.limit_train_batches=2000", "trainer.limit_test_batches=2", "engine=numpy"]
+
+
+@pytest.fixture
+def own_data_root(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A data root of its own (a name Hydra must read quoted) linking to $NITRO_DATA's MNIST, and an
+    environment whose $NITRO_DATA is empty: a command that forgets data.root finds no dataset."""
+    real = real_data_root(*(f"MNIST/raw/{n}" for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")))
+    root = tmp_path / "my data,v1"
+    root.mkdir()
+    (root / "MNIST").symlink_to(real / "MNIST")
+    (tmp_path / "no data").mkdir()
+    return root, {**nitro_env(), "NITRO_DATA": str(tmp_path / "no data")}
+
+
+def _run_suggested(words: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run a suggested `nitro ...` command as a user would paste it, from another folder."""
+    assert words[0] == "nitro", words
+    cwd.mkdir()
+    return subprocess.run([*nitro_cmd(), *words[1:]], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=cwd)
+
+
+def test_ctrl_c_suggests_a_command_that_carries_the_data_root(own_data_root: tuple[Path, dict[str, str]],
+                                                              tmp_path: Path) -> None:
+    root, env = own_data_root
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([*nitro_cmd(), "train", *MNIST_RUN, f"data.root='{root}'",
+                             f"hydra.run.dir={run_dir}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # training has started
+        if "run dir" in line:
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    hint = _continue_command(err)
+    assert hint == ["train", f"resume={run_dir / 'checkpoints/last.npz'}", f"hydra.run.dir={run_dir}",
+                    f"data.root='{root}'"]
+    res = _run_suggested(["nitro", *hint], env, tmp_path / "elsewhere")
+    assert res.returncode == 0, res.stderr
+    assert "resumed from" in res.stdout
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_disk_full_suggests_a_command_that_continues_the_run_in_its_folder(
+        own_data_root: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    root, env = own_data_root
+    run_dir = tmp_path / "run"
+    res = subprocess.run([*nitro_cmd(), "train", *MNIST_RUN, "trainer.max_epochs=1", f"data.root='{root}'",
+                          f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    last = run_dir / "checkpoints/last.npz"
+    limit = last.stat().st_size // 2
+
+    def cap_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    res = subprocess.run([*nitro_cmd(), "train", f"resume={last}", "trainer.max_epochs=2",
+                          f"data.root='{root}'", f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=tmp_path, preexec_fn=cap_file_size)
+    message = clean_error(res, "cannot write checkpoint", "is intact")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+    res = _run_suggested(shlex.split(message.split("`")[1]), env, tmp_path / "elsewhere")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())  # the same run, in its own folder
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert not (tmp_path / "elsewhere/outputs").exists()
+
+
 def test_resume_may_extend_the_run_but_not_change_it(tiny_run: Path, nitro, tmp_path: Path) -> None:
     last = tiny_run / "checkpoints/last.npz"
     clean_error(nitro("train", f"resume={last}", "model.hidden=[64]", f"hydra.run.dir={tmp_path / 'a'}"),

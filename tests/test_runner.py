@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import shlex
 import socket
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from nitro_cli.optim import sgd as sgd_module
 from nitro_cli.runner import (
     build_network,
     build_optimizer,
+    continue_command,
     experiment_group,
     fit,
     load_checkpoint,
@@ -196,6 +198,54 @@ def test_disk_full_on_the_second_checkpoint_keeps_the_first(tmp_path: Path,
     assert load_checkpoint(tmp_path / "run/checkpoints/last.npz").state["epoch"] == 1
     summary = json.loads((tmp_path / "run/summary.json").read_text())
     assert summary["status"] == "failed" and "No space left" in summary["error"]
+
+
+def _suggested(message: str) -> list[str]:
+    """The words of the command quoted in backticks in an error message."""
+    return shlex.split(message.split("`")[1])
+
+
+def test_disk_full_while_copying_best_suggests_continuing_in_the_runs_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(src: Path, dst: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop_module.shutil, "copyfile", full)
+    run = tmp_path / "run"
+    with pytest.raises(NitroError, match="best.npz: No space left on device.*last.npz is intact") as err:
+        fit(composed(*TINY_CFG), run)
+    assert _suggested(str(err.value)) == ["nitro", "train", f"resume={run / 'checkpoints/last.npz'}",
+                                          f"hydra.run.dir={run}"]
+
+
+def test_disk_full_before_any_checkpoint_suggests_the_same_command_in_the_runs_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(path: Path, arrays: dict, state: dict) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", full)
+    run = tmp_path / "run"
+    with pytest.raises(NitroError, match="no earlier checkpoint exists.*same command again") as err:
+        fit(composed(*TINY_CFG), run)
+    assert _suggested(str(err.value)) == [f"hydra.run.dir={run}"]
+
+
+@pytest.mark.parametrize("name", ["plain", "my data,v1", "it's (x)", "naïve=[1]: ${y}", "back\\slash\\"])
+def test_the_continue_command_reads_back_as_the_runs_own_paths(tmp_path: Path, name: str) -> None:
+    """Whatever the folders are called, Hydra parses the suggested command into exactly them."""
+    run, root = tmp_path / name / "run", tmp_path / name / "data"
+    cfg = composed("data=mnist")
+    cfg["data"]["root"] = str(root)
+    words = shlex.split(continue_command(run, cfg))
+    assert words[:2] == ["nitro", "train"]
+    with initialize_config_module("nitro_cli.configs", version_base="1.3"):
+        back = compose("train", overrides=["data=mnist", *words[2:]], return_hydra_config=True)
+    assert back.resume == str(run / "checkpoints/last.npz") and back.hydra.run.dir == str(run)
+    assert back.data.root == str(root)
+
+
+def test_the_continue_command_leaves_out_the_root_of_the_embedded_dataset(tmp_path: Path) -> None:
+    assert "data.root" not in continue_command(tmp_path, composed())
 
 
 def test_summary_of_a_resumed_run_keeps_its_epochs_while_it_trains(tmp_path: Path,

@@ -24,6 +24,7 @@ from ..runner import (
     TrainingInterrupted,
     build_network,
     check_run_dir,
+    continue_command,
     finished_run,
     fit,
     load_checkpoint,
@@ -73,7 +74,7 @@ def plan_run(cfg: DictConfig, run_dir: Path, overrides: list[str], here: bool) -
                 get_backend("cupy")
             except BackendUnavailable as exc:
                 raise NitroError(str(exc)) from None
-    check_run_dir(run_dir, ckpt)
+    check_run_dir(run_dir, ckpt, composed)
     return Plan(composed, ckpt, finished)
 
 
@@ -96,7 +97,7 @@ def train(cfg: DictConfig) -> Summary | None:
         _write_hydra_files(run_dir, plan.config)
         return fit(plan.config, run_dir, resume=plan.ckpt)
     except TrainingInterrupted as exc:
-        command = _continue_command(run_dir, exc.checkpoint)
+        command = _continue_command(run_dir, plan.config)
         if _submitit_job():
             # scancel, preemption: this job alone stops (fit recorded it as interrupted). Ending with an error
             # hands the sweep a result that names the job; an exit would leave none, and where sacct cannot
@@ -117,11 +118,11 @@ def _submitit_job() -> bool:
     return hc.mode == RunMode.MULTIRUN and "submitit_launcher" in str(hc.launcher.get("_target_"))
 
 
-def _continue_command(run_dir: Path, checkpoint: Path) -> str:
-    """The command that continues this run in its own folder; for a sweep, the whole sweep."""
+def _continue_command(run_dir: Path, config: dict[str, Any]) -> str:
+    """The command that continues this run (`config`) in its own folder; for a sweep, the whole sweep."""
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
-        return shlex.join(["nitro", "train", f"resume={checkpoint}", f"hydra.run.dir={run_dir}"])
+        return continue_command(run_dir, config)
     sweep_dir = Path(hc.sweep.dir).absolute()
     sweep = f"hydra.sweep.dir={sweep_dir}"
     if sys.argv[0] == "nitro train":  # the basic launcher: this job runs in the sweep's own process

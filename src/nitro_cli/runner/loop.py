@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import re
+import shlex
 import shutil
 import signal
 import threading
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Normalizer, augment_batch, one_hot
+from ..data import DATASETS, Normalizer, augment_batch, data_root, one_hot
 from ..engine import BackendUnavailable, IntegerOverflowError, RngStreams, get_backend
 from ..errors import NitroError
 from ..nn import Arithmetic, NitroNet, build_model
@@ -146,6 +148,9 @@ class _Run:
         self.samples = 0
         self.started = time.monotonic()
         self.status, self.error = RUNNING, None
+        # The config in checkpoints/last.npz as it is on disk (None: none there yet). Until this session's
+        # first save, that is the resumed checkpoint's, which may differ in what a resume may change.
+        self.saved_cfg: Mapping[str, Any] | None = None
 
     def wall(self) -> float:
         return self.wall_before + time.monotonic() - self.started
@@ -238,14 +243,51 @@ def _run_logger(run_dir: Path, mode: str) -> Iterator[logging.Logger]:
             h.close()
 
 
-def check_run_dir(run_dir: Path, resume: Checkpoint | None) -> None:
-    """Refuse to train over another run's checkpoints (resuming into its own folder is fine)."""
+def _path_override(key: str, path: Path) -> str:
+    """`key=<path>` as Hydra's override parser reads back exactly `path`: single-quoted when the path holds
+    a character that its grammar gives a meaning (`,` starts a sweep, `:` `=` `[` a structure, a space,
+    non-ASCII)."""
+    text = str(path)
+    if re.fullmatch(r"[\w/.+\-%@]+", text, re.ASCII):
+        return f"{key}={text}"
+    # Inside quotes, the quote and the backslashes before a quote (or before the closing one) are escaped, and
+    # `${`, which would still interpolate there.
+    quoted = re.sub(r"(\\*)('|$)", lambda m: m.group(1) * 2 + ("\\'" if m.group(2) else ""), text)
+    quoted = quoted.replace("${", "\\${")
+    return f"{key}='{quoted}'"
+
+
+def continue_command(run_dir: Path, cfg: Mapping[str, Any], saved: Mapping[str, Any] | None = None) -> str:
+    """The command that continues the run `cfg` from its checkpoints/last.npz in its own folder `run_dir`
+    (so that it stays one run and its summary.json ends `completed`), with every override that the
+    checkpoint's config does not supply. That is the data root, which a resume never reads from a file (see
+    `resume_config`), pinned as an absolute path so that the command works from any folder and without the
+    $NITRO_DATA it may have come from; and, where `saved` (the config in that last.npz) is given, each key
+    a resume may change whose value there differs from `cfg`'s (a resume that extended trainer.max_epochs
+    and failed before its first save)."""
+    run_dir = Path(run_dir).absolute()
+    args = ["nitro", "train", _path_override("resume", run_dir / "checkpoints" / "last.npz"),
+            _path_override("hydra.run.dir", run_dir)]
+    data = cfg["data"]
+    if not DATASETS[data["name"]].embedded:
+        args.append(_path_override("data.root", data_root(data["root"]).absolute()))
+    for key in RESUME_MAY_CHANGE if saved is not None else ():
+        value = _select(cfg, key)
+        if key in ("resume", "data.root") or isinstance(value, dict) or value == _select(saved, key):
+            continue
+        args.append(f"{key}={'null' if value is None else value}")
+    return shlex.join(args)
+
+
+def check_run_dir(run_dir: Path, resume: Checkpoint | None, cfg: Mapping[str, Any]) -> None:
+    """Refuse to train over another run's checkpoints (resuming into its own folder is fine); `cfg` (the
+    command's config) gives the data root of the continue command suggested instead."""
     last_path = Path(run_dir) / "checkpoints" / "last.npz"
     resuming_here = resume is not None and resume.path is not None and \
         resume.path.resolve().parent == last_path.parent.resolve()
     if last_path.exists() and not resuming_here:
         raise NitroError(f"{run_dir} already holds a run (checkpoints/last.npz); continue it with "
-                         f"resume={last_path} hydra.run.dir={run_dir} (a sweep: the same command with "
+                         f"`{continue_command(run_dir, cfg)}` (a sweep: the same command with "
                          "resume=auto), or start a new run in another folder")
 
 
@@ -282,7 +324,7 @@ def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | Non
     """
     cfg = validate_train_config(cfg)
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, resume)
+    check_run_dir(run_dir, resume, cfg)
     last_path = run_dir / "checkpoints" / "last.npz"
     last_path.parent.mkdir(parents=True, exist_ok=True)
     for stale in last_path.parent.glob(".*.npz.*.tmp"):  # left behind by a killed write
@@ -465,7 +507,11 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
     try:
         _save_last(run, model, opt, plateau, early, rngs, data, None, None)
         if improved:
-            _copy_checkpoint(run.ckpt_dir / "last.npz", run.ckpt_dir / "best.npz")
+            try:
+                _copy_checkpoint(run.ckpt_dir / "last.npz", run.ckpt_dir / "best.npz")
+            except NitroError as exc:
+                raise NitroError(f"{exc}; checkpoints/last.npz is intact. Free space, then continue with "
+                                 f"`{continue_command(run.run_dir, run.cfg)}`") from exc
         _append_metrics(run.run_dir / "metrics.csv", row)
     except NitroError:
         # The summary written on the way out must describe what is on disk: the epoch before this one.
@@ -513,9 +559,13 @@ def _save_last(run: _Run, model: NitroNet, opt: IntegerSGD, plateau: Any, early:
     try:
         save_checkpoint(path, _state_arrays(model, data.normalizer, perm), state)
     except OSError as exc:
-        kept = f"the previous {path} is intact" if path.exists() else "no earlier checkpoint exists"
-        raise NitroError(f"cannot write checkpoint {path}: {exc.strerror or exc} (disk full?); {kept}. "
-                         f"Free space, then continue with resume={path}") from exc
+        then = (f"the previous {path} is intact. Free space, then continue with "
+                f"`{continue_command(run.run_dir, run.cfg, run.saved_cfg)}`" if path.exists() else
+                "no earlier checkpoint exists. Free space, then run the same command again with "
+                f"`{_path_override('hydra.run.dir', run.run_dir.absolute())}`")
+        raise NitroError(f"cannot write checkpoint {path}: {exc.strerror or exc} (disk full?); "
+                         f"{then}") from exc
+    run.saved_cfg = run.cfg
 
 
 def _copy_checkpoint(src: Path, dst: Path) -> None:
@@ -526,8 +576,7 @@ def _copy_checkpoint(src: Path, dst: Path) -> None:
             os.fsync(fh.fileno())
         tmp.replace(dst)
     except OSError as exc:
-        raise NitroError(f"cannot write checkpoint {dst}: {exc.strerror or exc} (disk full?); "
-                         f"checkpoints/last.npz is intact: free space, then resume from it") from exc
+        raise NitroError(f"cannot write checkpoint {dst}: {exc.strerror or exc} (disk full?)") from exc
 
 
 def _restore(run: _Run, ckpt: Checkpoint, model: NitroNet, opt: IntegerSGD, plateau: Any,
@@ -562,6 +611,8 @@ def _restore(run: _Run, ckpt: Checkpoint, model: NitroNet, opt: IntegerSGD, plat
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise NitroError(f"cannot resume from {ckpt.path}: its run state is incomplete ({exc})") from None
     atomic_write_text(run.run_dir / "metrics.csv", _csv_text([header, *run.metrics]))
+    if ckpt.path is not None and ckpt.path.resolve() == (run.ckpt_dir / "last.npz").resolve():
+        run.saved_cfg = s["config"]
     src_best = ckpt.path.parent / "best.npz" if ckpt.path is not None else None
     dst_best = run.ckpt_dir / "best.npz"
     if src_best is not None and src_best.resolve() != dst_best.resolve() and src_best.is_file():
