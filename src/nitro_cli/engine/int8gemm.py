@@ -16,7 +16,11 @@ MatMulInteger (uint8 x int8, the fast kernel on every CPU it supports). Why it i
   CPU reports VNNI *and* a self-test at the worst case comes out exact: every product at its extreme, all of
   one sign, so every partial sum at any width is as large as a partial sum can be; a kernel that saturated
   or wrapped anywhere would fail it. With fewer digits (2 instead of 3 for values up to 32,639), a grown
-  training state takes a third fewer limb products.
+  training state takes a third fewer limb products. Without VNNI (e.g. AVX2 only) MLAS adds pairs in
+  saturating int16 (vpmaddubsw), fails the self-test at 8 bits, and every product takes 7-bit digits.
+- That width is decided once (`digit_bits()`), carried by each plan, and every int8 GEMM takes its digits
+  from it: the dense limbs, and the top digits of the outlier rows (`_add_outlier_rows`), which are the top
+  limb of the same split. The products refuse a wider digit than the decision (`_require_proven`).
 - Each limb product is a sum of K such terms, so it fits int32 when K * 255 * 128 < 2^31 (`max_k`); longer
   inner dimensions are cut into slices and summed wider.
 - The limbs are recombined in float64 when the whole product is provably below 2^53 (every partial value is
@@ -197,8 +201,9 @@ def shifted_left_operand() -> bool:
 
 
 def digit_bits() -> int:
-    """8 where 8-bit digits are proven exact on this machine (see the module docstring), else 7. Setting
-    NITRO_INT8_DIGIT_BITS=7 keeps 7-bit digits everywhere."""
+    """8 where 8-bit digits are proven exact on this machine (see the module docstring), else 7: the one
+    digit-width decision of every int8 product. Setting NITRO_INT8_DIGIT_BITS=7 keeps 7-bit digits
+    everywhere."""
     global _DIGIT_BITS
     if _DIGIT_BITS is None:
         wide = os.environ.get("NITRO_INT8_DIGIT_BITS", "") != str(SAFE_BITS) and _cpu_has_vnni() and \
@@ -299,16 +304,30 @@ def _combine(parts: list[np.ndarray], exact_float: bool, bits: int) -> np.ndarra
     return out
 
 
-def float_combination_exact(k: int, amax: int, bmax: int, bits: int) -> bool:
-    """Whether the limbs of a product with these bounds may be recombined in float64: every Horner partial
-    value is below k * amax * (bmax + 2^bits) (a digit's carry per step), so this must stay below 2^53."""
+def padded_bound(k: int, amax: int, bmax: int, bits: int) -> int:
+    """A bound of every value the limbs of a product with these bounds recombine through: each Horner partial
+    value is below k * amax * (bmax + 2^bits) (a digit's carry per step); padded on both sides, as either
+    operand may be the one split."""
     base = 1 << bits
-    return k * (amax + base) * (bmax + base) < FLOAT64_EXACT
+    return k * (amax + base) * (bmax + base)
+
+
+def float_combination_exact(k: int, amax: int, bmax: int, bits: int) -> bool:
+    """Whether the limbs of a product with these bounds may be recombined in float64 (exact below 2^53)."""
+    return padded_bound(k, amax, bmax, bits) < FLOAT64_EXACT
 
 
 def shift_int8(a: np.ndarray) -> np.ndarray:
     """a + 128 as uint8 (the int8 operand as MatMulInteger takes it, zero point 128): the sign bit flipped."""
     return a.view(np.uint8) ^ np.uint8(0x80)
+
+
+def _require_proven(bits: int) -> None:
+    """Refuses digits wider than digit_bits(): 8-bit ones are exact only on a kernel that passed the
+    self-test (on AVX2 without VNNI, pairs of them saturate int16), 7-bit ones on every kernel."""
+    if bits > digit_bits():
+        raise ValueError(f"{bits}-bit digits are not proven exact with this CPU's int8 kernel; it takes "
+                         f"{digit_bits()}-bit ones (int8gemm.digit_bits)")
 
 
 def _limb_digits(v: np.ndarray, limbs: int, bits: int, axis: int, bound: int | None,
@@ -360,9 +379,11 @@ def _add_outliers(out: np.ndarray, narrow: np.ndarray, rest: np.ndarray, shift: 
 def _add_outlier_rows(out: np.ndarray, rest: np.ndarray, shift: int, columns: Callable[[np.ndarray], Any],
                       threads: int) -> None:
     """out += a @ (rest * 2^shift) for a rest [K, N] that is 0 but on a few rows, with `columns(rows)`
-    giving a[:, rows].T as int8 [len(rows), M]: those rows of rest (each entry one top digit, as a limb's
-    digits are) against those columns of a make one small int8 GEMM, exact as a limb product is; its
-    int32 result, times 2^shift, stays within the bound that chose out's dtype (see _add_outliers)."""
+    giving a[:, rows].T as int8 [len(rows), M]: those rows of rest against those columns of a make one
+    small int8 GEMM, exact as a limb product is: each entry of rest is the top digit of the caller's split
+    (_limb_digits), of the width its limbs have (digit_bits(), checked by the caller), so it pairs with
+    the int8 columns as a limb does; its int32 result, times 2^shift, stays within the bound that chose
+    out's dtype (see _add_outliers)."""
     rows = np.flatnonzero((rest.max(axis=1) != 0) | (rest.min(axis=1) != 0))
     step = max_k()
     for start in range(0, rows.size, step):
@@ -387,6 +408,7 @@ def matmul_int8_left(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact_
     given, returns a[:, rows].T as int8 rows (see _add_outlier_rows), which lets a top limb used on up to
     OUTLIER_MAX_ROW_FRACTION of b's rows be left out.
     """
+    _require_proven(bits)
     k, n = b.shape
     torch_gemm = backend() == "torch"
     if torch_gemm == (a.dtype == np.uint8):  # shifted for the other library: flip the sign bit back
@@ -417,6 +439,7 @@ def matmul_int8_right(a: np.ndarray, b: np.ndarray, limbs: int, bits: int, exact
     The limbs of a (for ONNX Runtime shifted by 2^(bits-1) into [0, 2^bits - 1]) are stacked,
     [limbs * M, K], so all take one GEMM.
     """
+    _require_proven(bits)
     m, k = a.shape
     half = 1 << (bits - 1)
     digits, gemm_limbs, rest = _limb_digits(a, limbs, bits, 0, bound)

@@ -285,8 +285,8 @@ def gemm_plan(k: int, amax: int, bmax: int, allow_slices: bool = True, int8_side
         macs = outer * k if outer else 1  # unknown size: compare the cost of one multiply-add alone
         int8_cost = limbs * PATH_COST["int8"] * (macs + INT8_OUTPUT_COST * outer) + \
             (INT8_CALL_COST if outer else 0)
-        # Its int64 recombination's partial values stay below the padded bound (float_combination_exact).
-        fits = k * (amax + 256) * (bmax + 256) < INT64_LIMIT
+        # Its int64 recombination's partial values stay below the padded bound.
+        fits = int8gemm.padded_bound(k, amax, bmax, bits) < INT64_LIMIT
         if limbs <= MAX_LIMBS and fits and int8_cost < PATH_COST[plan.dtype] * macs:
             return GemmPlan("int8", k, int8_side, limbs, bits,
                             int8gemm.float_combination_exact(k, amax, bmax, bits), wide, k=k)
