@@ -4,6 +4,8 @@ count, across K slices, and the choice between them and the float paths."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,9 +28,8 @@ from nitro_cli.optim import IntegerSGD
 
 pytestmark = pytest.mark.skipif(not int8gemm.available(), reason="onnxruntime is not installed")
 LIMB_COUNTS = range(1, kernels.MAX_LIMBS + 1)
-# 7-bit digits run everywhere; 8-bit ones where this machine's kernel is proven to sum them exactly.
-DIGIT_BITS = [7, pytest.param(8, marks=pytest.mark.skipif(
-    int8gemm.available() and int8gemm.digit_bits() != 8, reason="8-bit digits are not exact on this CPU"))]
+# Both digit widths, for what is plain integer arithmetic (splitting, planning): exact on any CPU.
+WIDTHS = [int8gemm.SAFE_BITS, int8gemm.VNNI_BITS]
 
 
 def ref_matmul(a: np.ndarray, b: np.ndarray) -> list:
@@ -44,23 +45,68 @@ def extreme_operand(rng: np.random.Generator, shape: tuple[int, int], bound: int
     return v
 
 
-# Every GEMM library installed here; ONNX Runtime is a dependency, PyTorch an optional one.
-LIBRARIES = ["onnxruntime",
-             pytest.param("torch", marks=pytest.mark.skipif(not int8gemm._torch_available(),
-                                                            reason="torch is not installed"))]
+def pairs_saturating(a_u8: np.ndarray, zero_point: int, b_s8: np.ndarray, threads: int) -> np.ndarray:
+    """(a_u8 - zero_point) @ b_s8 the way ONNX Runtime's kernel adds on a CPU without VNNI (AVX2's
+    vpmaddubsw): the products a[m, 2k] * b[2k, n] + a[m, 2k+1] * b[2k+1, n] of each pair along K saturated
+    to int16, then summed in int32, and the zero point's share taken off the sums."""
+    m, k = a_u8.shape
+    a, b = a_u8.astype(np.int64), b_s8.astype(np.int64)
+    if k % 2:
+        a, b = np.pad(a, ((0, 0), (0, 1))), np.pad(b, ((0, 1), (0, 0)))
+    n, pairs = b.shape[1], a.shape[1] // 2
+    a2, b2 = a.reshape(m, pairs, 2), b.reshape(pairs, 2, n)
+    step = max(1, 2**21 // max(1, m * n))  # pairs per block: bounded memory
+    out = np.zeros((m, n), dtype=np.int64)
+    for start in range(0, pairs, step):
+        block = np.einsum("mpt,ptn->mpn", a2[:, start : start + step], b2[start : start + step])
+        out += np.clip(block, -(2**15), 2**15 - 1).sum(axis=1)
+    return (out - zero_point * b.sum(axis=0)).astype(np.int32)
+
+
+def force_no_vnni(monkeypatch) -> None:
+    """The engine as it is on a CPU without VNNI, on any CPU: ONNX Runtime with the kernel of such a CPU
+    (pairs_saturating), its digit-width decision made afresh; the CPU probe still reports VNNI, so that the
+    self-test alone has to turn 8-bit digits down (a CPU without VNNI turns them down before it)."""
+    monkeypatch.setattr(int8gemm, "_BACKEND", "onnxruntime")
+    monkeypatch.setattr(int8gemm, "_matmul_u8s8", pairs_saturating)
+    monkeypatch.setattr(int8gemm, "_cpu_has_vnni", lambda: True)
+    monkeypatch.delenv("NITRO_INT8_DIGIT_BITS", raising=False)
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", None)
+
+
+# Every GEMM library installed here (ONNX Runtime is a dependency, PyTorch an optional one), and ONNX
+# Runtime as it runs without VNNI (force_no_vnni), so that every CPU runs the tests under both decisions.
+NO_VNNI = "onnxruntime-no-vnni"
+INSTALLED_LIBRARIES = ["onnxruntime",
+                       pytest.param("torch", marks=pytest.mark.skipif(not int8gemm._torch_available(),
+                                                                      reason="torch is not installed"))]
+LIBRARIES = [*INSTALLED_LIBRARIES, NO_VNNI]
 
 
 @pytest.fixture(params=LIBRARIES)
 def library(request, monkeypatch) -> str:
-    """The GEMM library of the limb products."""
-    monkeypatch.setattr(int8gemm, "_BACKEND", request.param)
+    """The GEMM library of the limb products (onnxruntime-no-vnni: as a CPU without VNNI runs it)."""
+    if request.param == NO_VNNI:
+        force_no_vnni(monkeypatch)
+        assert int8gemm.digit_bits() == int8gemm.SAFE_BITS  # the decision without VNNI
+    else:
+        monkeypatch.setattr(int8gemm, "_BACKEND", request.param)
     return request.param
 
 
-@pytest.fixture(params=DIGIT_BITS)
-def digits(request, monkeypatch) -> int:
-    """The engine's digit width, for the tests that go through gemm_plan."""
-    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", request.param)
+@pytest.fixture(params=WIDTHS)
+def digits(request, monkeypatch, library) -> int:
+    """The digit width of the int8 products, as the engine decides it with the library at hand
+    (digit_bits(), made afresh): 7 bits anywhere (NITRO_INT8_DIGIT_BITS=7), 8 bits where that decision
+    takes them (VNNI and an exact self-test), else the case is skipped."""
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", None)
+    if request.param == int8gemm.SAFE_BITS:
+        monkeypatch.setenv("NITRO_INT8_DIGIT_BITS", str(int8gemm.SAFE_BITS))
+    else:
+        monkeypatch.delenv("NITRO_INT8_DIGIT_BITS", raising=False)
+    if int8gemm.digit_bits() != request.param:
+        pytest.skip("8-bit digits are not exact with this CPU's int8 kernel (no VNNI, or it fails the "
+                    "self-test)")
     return request.param
 
 
@@ -74,7 +120,7 @@ def int8_off(monkeypatch):
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
 
 
-@pytest.mark.parametrize("bits", DIGIT_BITS)
+@pytest.mark.parametrize("bits", WIDTHS)
 @pytest.mark.parametrize("limbs", LIMB_COUNTS)
 def test_split_limbs_round_trips_at_the_capacity_of_every_limb_count(limbs, bits):
     cap, half = int8gemm.limb_capacity(limbs, bits), 1 << (bits - 1)
@@ -92,10 +138,10 @@ def test_split_limbs_round_trips_at_the_capacity_of_every_limb_count(limbs, bits
             int8gemm.split_limbs(np.array([[0, too_big]]), limbs, bits)
 
 
-@pytest.mark.parametrize("bits", DIGIT_BITS)
 @pytest.mark.parametrize("limbs", LIMB_COUNTS)
 @pytest.mark.parametrize("exact_float", [True, False])
-def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_float, bits, library):
+def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_float, digits):
+    bits = digits
     rng = np.random.default_rng(100 + limbs)
     cap = int8gemm.limb_capacity(limbs, bits)
     x = extreme_operand(rng, (13, 37), 127).astype(np.int8)
@@ -111,20 +157,21 @@ def test_int8_products_are_exact_at_the_limits_of_every_limb_count(limbs, exact_
     assert got.astype(object).tolist() == ref_matmul(e, x.T)
 
 
-@pytest.mark.parametrize("bits", DIGIT_BITS)
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side, bits, library):
+def test_k_slices_keep_every_int32_accumulator_in_range(monkeypatch, side, digits):
     """Slices of max_k terms, summed wider; and at the real max_k the worst-case sum still fits int32."""
-    monkeypatch.setattr(int8gemm, "max_k", lambda: 16)
+    bits = digits
     rng = np.random.default_rng(7)
     x = extreme_operand(rng, (5, 50), 127).astype(np.int8)
     w = extreme_operand(rng, (50, 4), int8gemm.limb_capacity(3, bits))
-    if side == "left":
-        assert int8gemm.matmul_int8_left(x, w, 3, bits, True, 1).astype(object).tolist() == ref_matmul(x, w)
-    else:
-        got = int8gemm.matmul_int8_right(w.T.copy(), x.T.copy(), 3, bits, True, 1)
-        assert got.astype(object).tolist() == ref_matmul(w.T, x.T)
-    monkeypatch.undo()
+    with monkeypatch.context() as short:  # the library and digit width stay as the fixtures set them
+        short.setattr(int8gemm, "max_k", lambda: 16)
+        if side == "left":
+            got = int8gemm.matmul_int8_left(x, w, 3, bits, True, 1)
+            assert got.astype(object).tolist() == ref_matmul(x, w)
+        else:
+            got = int8gemm.matmul_int8_right(w.T.copy(), x.T.copy(), 3, bits, True, 1)
+            assert got.astype(object).tolist() == ref_matmul(w.T, x.T)
     k, half = int8gemm.max_k(), 1 << (bits - 1)
     worst_x = np.full((2, k), 127, dtype=np.int8)
     worst_x[1] = -128
@@ -149,11 +196,11 @@ def sparse_top_operand(rng: np.random.Generator, shape: tuple[int, int], limbs: 
     return v
 
 
-@pytest.mark.parametrize("bits", DIGIT_BITS)
 @pytest.mark.parametrize("limbs", range(2, kernels.MAX_LIMBS + 1))
 @pytest.mark.parametrize("exact_float", [True, False])
 def test_a_nearly_empty_top_limb_takes_one_limb_fewer_and_its_few_entries_are_added_exactly(
-        monkeypatch, limbs, exact_float, bits, library):
+        monkeypatch, limbs, exact_float, digits):
+    bits = digits
     monkeypatch.setattr(int8gemm, "max_k", lambda: 16)  # the correction spans every K slice
     rng = np.random.default_rng(300 + limbs)
     x = extreme_operand(rng, (11, 40), 127).astype(np.int8)
@@ -178,10 +225,9 @@ def test_a_nearly_empty_top_limb_takes_one_limb_fewer_and_its_few_entries_are_ad
 
 
 @pytest.fixture
-def small_conv(monkeypatch, library, int8_on) -> tuple[np.ndarray, list]:
-    """A conv input of five 6x5 images, 4 channels, extremes included, taken by the int8 path with 8-bit
-    digits in batch chunks of 2 images; with the list of the calls to _add_outlier_rows it makes."""
-    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", 8)
+def small_conv(monkeypatch, digits, int8_on) -> tuple[np.ndarray, list, int]:
+    """A conv input of five 6x5 images, 4 channels, extremes included, taken by the int8 path in batch
+    chunks of 2 images; with the list of the calls to _add_outlier_rows it makes, and the digit width."""
     monkeypatch.setattr(kernels, "IM2COL_CHUNK_ELEMENTS", 2 * 6 * 5 * 9 * 4)
     monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)  # a product this small would stay float
     monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
@@ -190,19 +236,19 @@ def small_conv(monkeypatch, library, int8_on) -> tuple[np.ndarray, list]:
     seen: list = []
     real = int8gemm._add_outlier_rows
     monkeypatch.setattr(int8gemm, "_add_outlier_rows", lambda *a: seen.append(a) or real(*a))
-    return x, seen
+    return x, seen, digits
 
 
 def test_conv_weight_gradient_adds_its_error_outliers_from_input_patches(monkeypatch, small_conv):
-    """A grown error map: small but for a few entries past two 8-bit digits. The weight gradient runs two
+    """A grown error map: within two digits but for a few entries past them. The weight gradient runs two
     limbs and adds the rows holding those entries as one more small GEMM against patches of its input,
     rebuilt per output position (batch chunks and K slices included), exactly as the float paths compute
     it."""
-    x, seen = small_conv
+    x, seen, bits = small_conv
     monkeypatch.setattr(int8gemm, "max_k", lambda: 2)  # the rows' GEMM in slices too
-    delta = np.random.default_rng(11).integers(-32639, 32640, size=(5, 6, 5, 3)).astype(np.int32)
-    cap = int8gemm.limb_capacity(3, 8)
-    for position, value in ((3, cap), (5, -cap), (250, -cap), (401, 32640), (410, cap), (430, 32640),
+    low, cap = int8gemm.limb_capacity(2, bits), int8gemm.limb_capacity(3, bits)
+    delta = np.random.default_rng(11).integers(-low, low + 1, size=(5, 6, 5, 3)).astype(np.int32)
+    for position, value in ((3, cap), (5, -cap), (250, -cap), (401, low + 1), (410, cap), (430, low + 1),
                             (449, -cap)):
         delta.reshape(-1)[position] = value  # in images 0 (two in one row), 2 and 4 (four rows): three chunks
     got = kernels.conv2d_weight_grad_exact(x, delta)
@@ -216,16 +262,16 @@ def test_conv_weight_gradient_adds_its_error_outliers_from_input_patches(monkeyp
 
 
 def test_conv_forward_adds_its_weight_outliers_from_input_columns(monkeypatch, small_conv):
-    """A grown conv weight: within two 8-bit digits but for entries past them, clustered in a few rows
-    (input features) as grown weights hold them. The forward runs two limbs and adds those rows as one
-    more small GEMM against the matching columns of its patches, rebuilt from the input per batch chunk,
-    exactly as the float paths compute it."""
-    x, seen = small_conv
-    w = np.random.default_rng(12).integers(-32639, 32640, size=(3, 4, 3, 3)).astype(np.int32)
-    cap = int8gemm.limb_capacity(3, 8)
-    w[:, 0, 0, 0] = [cap, -cap, 32640]  # row (0, 0, c=0) of the weight matrix: a corner window position
-    w[1, 3, 2, 2], w[2, 1, 1, 2] = -cap, 32640  # rows (2, 2, 3) and (1, 2, 1)
-    assert np.count_nonzero(np.abs(w) > 32639) > int8gemm.OUTLIER_MAX_DENSITY * w.size  # too many entries
+    """A grown conv weight: within two digits but for entries past them, clustered in a few rows (input
+    features) as grown weights hold them. The forward runs two limbs and adds those rows as one more small
+    GEMM against the matching columns of its patches, rebuilt from the input per batch chunk, exactly as
+    the float paths compute it."""
+    x, seen, bits = small_conv
+    low, cap = int8gemm.limb_capacity(2, bits), int8gemm.limb_capacity(3, bits)
+    w = np.random.default_rng(12).integers(-low, low + 1, size=(3, 4, 3, 3)).astype(np.int32)
+    w[:, 0, 0, 0] = [cap, -cap, low + 1]  # row (0, 0, c=0) of the weight matrix: a corner window position
+    w[1, 3, 2, 2], w[2, 1, 1, 2] = -cap, low + 1  # rows (2, 2, 3) and (1, 2, 1)
+    assert np.count_nonzero(np.abs(w) > low) > int8gemm.OUTLIER_MAX_DENSITY * w.size  # too many entries
     got = kernels.conv2d_nhwc(x, w)
     assert len(seen) == 3  # the path under test ran, in each chunk
     monkeypatch.setattr(kernels, "_INT8_ENABLED", False)
@@ -254,17 +300,6 @@ def test_a_top_limb_used_by_more_than_a_few_entries_keeps_every_limb():
     w = extreme_operand(rng, (300, 40), int8gemm.limb_capacity(3, 8))
     assert int8gemm._limb_digits(w, 3, 8, 1, int(np.abs(w).max()))[1] == 3
     assert int8gemm._limb_digits(w, 3, 8, 1, None)[1] == 3  # unmeasured operands are split in full
-
-
-def pairs_saturating(a_u8: np.ndarray, zero_point: int, b_s8: np.ndarray, threads: int) -> np.ndarray:
-    """(a_u8 - zero_point) @ b_s8 the way vpmaddubsw kernels (no VNNI) add: pairs of products in saturating
-    int16."""
-    a, b = a_u8.astype(np.int64), b_s8.astype(np.int64)
-    if a.shape[1] % 2:
-        a, b = np.pad(a, ((0, 0), (0, 1))), np.pad(b, ((0, 1), (0, 0)))
-    products = a[:, :, None] * b[None, :, :]
-    pairs = np.clip(products[:, 0::2] + products[:, 1::2], -(2**15), 2**15 - 1)
-    return (pairs.sum(axis=1) - zero_point * b_s8.astype(np.int64).sum(axis=0)).astype(np.int32)
 
 
 def test_8_bit_digits_only_where_the_worst_case_is_exact(monkeypatch):
@@ -297,6 +332,103 @@ def test_8_bit_digits_only_where_the_worst_case_is_exact(monkeypatch):
     monkeypatch.setattr(int8gemm, "_DIGIT_BITS", None)
     monkeypatch.setenv("NITRO_INT8_DIGIT_BITS", "7")
     assert int8gemm.digit_bits() == 7
+    # Without VNNI the probe alone decides, whatever the kernel would do.
+    monkeypatch.delenv("NITRO_INT8_DIGIT_BITS")
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", None)
+    monkeypatch.setattr(int8gemm, "_cpu_has_vnni", lambda: False)
+    assert int8gemm.digit_bits() == 7
+
+
+# A top 8-bit digit of 127 over two zero ones (four digits of 7 bits, the top one 4).
+GROWN = 127 << 16
+
+
+def reference_conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """conv2d_nhwc (3x3, padding 1) by its definition, in plain int64."""
+    h, w_ = x.shape[1:3]
+    xpad = np.pad(x.astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return sum(np.einsum("nhwc,oc->nhwo", xpad[:, i : i + h, j : j + w_], w[:, :, i, j].astype(np.int64))
+               for i in range(3) for j in range(3))
+
+
+def reference_weight_grad(x: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """conv2d_weight_grad_nhwc (3x3, padding 1) by its definition, in plain int64."""
+    h, w_ = x.shape[1:3]
+    xpad = np.pad(x.astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    grads = [np.einsum("nhwo,nhwc->oc", delta.astype(np.int64), xpad[:, i : i + h, j : j + w_])
+             for i in range(3) for j in range(3)]
+    return np.stack(grads, axis=-1).reshape(delta.shape[3], x.shape[3], 3, 3)
+
+
+def saturating_case(path: str) -> tuple[Callable[[], Any], Any, str | None]:
+    """A product that takes `path`, on operands where 8-bit digits saturate a pair of int16 in that path's
+    own GEMM: the int8 operand at 127 (255 shifted) against wide digits of 127 in two neighbouring rows.
+    Returns the call, its plain int64 result, and the outlier helper the path runs (None: dense limbs)."""
+    rng = np.random.default_rng(31)
+    if path in ("dense", "entries"):
+        a = rng.integers(-128, 128, size=(5, 30)).astype(np.int8)
+        a[:, :2] = 127
+        bound = 32639 if path == "dense" else 63  # every limb used, or only the top one sparse
+        b = rng.integers(-bound, bound + 1, size=(30, 4))
+        b[:2] = 127  # an 8-bit low digit of 127 in rows 0 and 1
+        b[0, 0] = bound  # the outlier sample's only entry (the first): every limb used, or a sparse top one
+        if path == "entries":
+            b.reshape(-1)[[50, 77, 101]] = GROWN, -GROWN, GROWN  # a few, off the outlier sample's stride
+        return (lambda: matmul(a, b)), ref_matmul(a, b), "_add_outliers" if path == "entries" else None
+    x = rng.integers(-128, 128, size=(4, 6, 5, 4)).astype(np.int8)
+    if path == "forward rows":
+        x[..., :2] = 127
+        w = rng.integers(-63, 64, size=(3, 4, 3, 3)).astype(np.int32)
+        w[:, :2, 0, 0] = GROWN  # rows (0, 0, c=0) and (0, 0, c=1) of the weight matrix
+        return (lambda: conv2d_nhwc(x, w)), reference_conv(x, w).tolist(), "_add_outlier_rows"
+    x[:] = 127
+    delta = rng.integers(-63, 64, size=(4, 6, 5, 3)).astype(np.int32)
+    delta[0, 1, 2:4] = GROWN  # output positions 7 and 8: rows 7 and 8 of the error matrix
+    return (lambda: conv2d_weight_grad_nhwc(x, delta)), reference_weight_grad(x, delta).tolist(), \
+        "_add_outlier_rows"
+
+
+@pytest.mark.parametrize("path", ["dense", "entries", "forward rows", "gradient rows"])
+def test_without_vnni_every_int8_path_takes_7_bit_digits_and_stays_exact(monkeypatch, int8_on, path):
+    """ONNX Runtime's kernel as it runs without VNNI (pairs of products saturated to int16), on operands
+    that saturate it with 8-bit digits in the path's own GEMM (the dense limbs; the low limbs beside the
+    per-entry correction of a sparse top limb; the top-digit rows of a conv forward and weight gradient):
+    the self-test turns 8-bit digits down, every int8 product of the path takes 7-bit ones and the result
+    equals the plain int64 one. With the decision bypassed (8-bit digits forced), the same call comes out
+    wrong: that is what the decision keeps every path from."""
+    force_no_vnni(monkeypatch)
+    assert int8gemm.digit_bits() == 7
+    monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)  # products this small would stay float
+    monkeypatch.setattr(kernels, "INT8_OUTPUT_COST", 0)
+    widths: list[int] = []
+    ran = {"_add_outliers": 0, "_add_outlier_rows": 0}
+    for name in ("matmul_int8_left", "matmul_int8_right"):
+        real = getattr(int8gemm, name)
+        monkeypatch.setattr(int8gemm, name, lambda *a, real=real, **kw: widths.append(a[3]) or real(*a, **kw))
+    for name in ran:
+        real = getattr(int8gemm, name)
+        monkeypatch.setattr(int8gemm, name, lambda *a, name=name, real=real: ran.update({name: ran[name] + 1})
+                            or real(*a))
+    run, expected, helper = saturating_case(path)
+    assert run().tolist() == expected
+    assert widths and set(widths) == {7}
+    assert {name for name, calls in ran.items() if calls} == ({helper} if helper else set())
+    monkeypatch.setattr(int8gemm, "_DIGIT_BITS", 8)
+    widths.clear()
+    assert run().tolist() != expected
+    assert widths and set(widths) == {8}
+
+
+def test_an_int8_product_refuses_digits_wider_than_the_decision(monkeypatch):
+    """Where the decision is 7 bits, either side of the int8 product (the only way into the outlier
+    corrections) raises when asked for 8-bit digits, rather than computing with them."""
+    force_no_vnni(monkeypatch)
+    x, w = np.full((2, 4), 127, dtype=np.int8), np.full((4, 2), 127)
+    assert int8gemm.matmul_int8_left(x, w, 2, 7, True, 1).tolist() == ref_matmul(x, w)
+    with pytest.raises(ValueError, match="8-bit digits are not proven exact"):
+        int8gemm.matmul_int8_left(x, w, 1, 8, True, 1)
+    with pytest.raises(ValueError, match="8-bit digits are not proven exact"):
+        int8gemm.matmul_int8_right(w.T.copy(), x.T.copy(), 1, 8, True, 1)
 
 
 def test_plan_takes_the_int8_path_by_cost_and_falls_back_past_its_bounds(digits):
@@ -393,6 +525,7 @@ def train_reduced_vgg(steps: int, grow: int) -> tuple[dict, set]:
     return model.state_dict(), {r.path for r in records}
 
 
+@pytest.mark.parametrize("library", INSTALLED_LIBRARIES, indirect=True)  # the stand-in: too slow here
 @pytest.mark.parametrize("grow", [1, 300])
 def test_training_gives_identical_parameters_on_the_int8_and_float_paths(monkeypatch, grow, digits, library):
     monkeypatch.setattr(kernels, "INT8_CALL_COST", 0)
