@@ -1,8 +1,9 @@
 """Integer-only inference artifacts of a trained checkpoint: an ONNX graph or C99 sources, plus a model card.
 
-`export_checkpoint` rebuilds the network from the checkpoint alone (as `nitro eval` does), turns it into a
-plan (`plan.py`), renders the plan (`onnx_graph.py`, `c_source.py`), and writes the files atomically: into
-a temp folder beside `out`, renamed into place at the end, so that a failure leaves nothing half-written.
+`export_checkpoint` checks the checkpoint as `nitro eval` does (`check_eval`: a checkpoint is a file anyone
+can write, and its values reach generated files), rebuilds the network from it, turns it into a plan
+(`plan.py`), renders the plan (`onnx_graph.py`, `c_source.py`), and writes the files atomically: into a temp
+folder beside `out`, renamed into place at the end, so that a failure leaves nothing half-written.
 `verify.py` runs the artifacts (ONNX Runtime, a C compiler) for the tests and the benchmark.
 """
 
@@ -21,8 +22,9 @@ from .. import __version__
 from ..data import Normalizer
 from ..errors import NitroError
 from ..nn import NitroNet
-from ..runner.checkpoint import Checkpoint, fsync_dir, load_checkpoint
-from ..runner.evaluate import model_from_checkpoint
+from ..runner.checkpoint import Checkpoint, fsync_dir
+from ..runner.evaluate import EvalJob, check_eval, model_from_checkpoint
+from .c_source import comment_text
 from .card import model_card
 from .plan import Plan, balanced_limbs, build_plan
 
@@ -31,7 +33,7 @@ ONNX_FILE = "model.onnx"
 CARD_FILE = "model_card.json"
 
 __all__ = ["FORMATS", "ExportResult", "Plan", "balanced_limbs", "build_plan", "export_checkpoint",
-           "render", "write_folder"]
+           "load_for_export", "render", "write_folder"]
 
 
 @dataclass
@@ -41,11 +43,11 @@ class ExportResult:
     card: dict[str, Any]
 
 
-def _banner(ckpt: Checkpoint) -> str:
-    cfg = ckpt.state.get("config") or {}
-    preset = (ckpt.state.get("model") or {}).get("preset")
-    return (f"NITRO-D {preset} on {(cfg.get('data') or {}).get('name')}, exported by nitro-cli {__version__} "
-            f"from {ckpt.path.name if ckpt.path else 'a checkpoint'} (epoch {ckpt.state.get('epoch')})")
+def _banner(job: EvalJob, model: NitroNet) -> str:
+    """Provenance for the generated files, from checked values only (the file name escaped like a comment)."""
+    name = comment_text(job.ckpt.path.name) if job.ckpt.path else "a checkpoint"
+    return (f"NITRO-D {model.config['preset']} on {job.name}, exported by nitro-cli {__version__} from "
+            f"{name} (epoch {job.epoch})")
 
 
 def render(plan: Plan, fmt: str, banner: str = "NITRO-D integer-only inference") -> dict[str, bytes]:
@@ -65,15 +67,16 @@ def render(plan: Plan, fmt: str, banner: str = "NITRO-D integer-only inference")
     raise NitroError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
 
 
+def _checked(path: str | os.PathLike[str]) -> tuple[EvalJob, NitroNet]:
+    """The checkpoint checked as `nitro eval` checks it (no dataset needed), and its network."""
+    job = check_eval(path, find_dataset=False)
+    return job, model_from_checkpoint(job.ckpt)
+
+
 def load_for_export(path: str | os.PathLike[str]) -> tuple[Checkpoint, NitroNet, Normalizer]:
     """The checkpoint, its network and its normalizer (every problem a one-line NitroError)."""
-    ckpt = load_checkpoint(path)
-    try:
-        normalizer = Normalizer.from_state_dict(ckpt.section("norm/", strip=True))
-    except (KeyError, TypeError, ValueError, AttributeError, NitroError) as exc:
-        raise NitroError(f"{path}: its normalizer is missing or malformed ({exc}); it was not written by "
-                         "`nitro train`") from None
-    return ckpt, model_from_checkpoint(ckpt), normalizer
+    job, model = _checked(path)
+    return job.ckpt, model, job.normalizer
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -142,11 +145,11 @@ def export_checkpoint(path: str | os.PathLike[str], fmt: str, out: str | os.Path
         raise NitroError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     out = Path(os.path.abspath(out))
     _check_out(out, overwrite)
-    ckpt, model, normalizer = load_for_export(path)
-    plan = build_plan(model, normalizer.table(), heads=heads)
-    files = render(plan, fmt, _banner(ckpt))
+    job, model = _checked(path)
+    plan = build_plan(model, job.normalizer.table(), heads=heads)
+    files = render(plan, fmt, _banner(job, model))
     sizes = {name: len(data) for name, data in files.items()}
-    card = model_card(ckpt, plan, fmt, sizes)
+    card = model_card(job, model.config, plan, fmt, sizes)
     files[CARD_FILE] = (json.dumps(card, indent=2) + "\n").encode()
     sizes[CARD_FILE] = len(files[CARD_FILE])
     write_folder(out, files, overwrite)

@@ -8,6 +8,9 @@ Files:
 - `main.c`: a driver that reads IDX (MNIST, FashionMNIST) or CIFAR-10 binary test files and prints the
   accuracy as an integer ratio (and, with --logits, every image's logits).
 
+Everything else the writer emits is built here: identifiers from nitro's own layer names (`_ident`), numbers,
+and one piece of free text, the banner, which goes into comments only and passes through `comment_text`.
+
 Activations are int8 and channels last (h, w, c) as in nitro, so no weight needs permuting except the conv
 weights, stored [out][ky][kx][in] to match the patch each output pixel reads. An MLP reads the image in
 (c, h, w) order, as nitro flattens it.
@@ -30,6 +33,20 @@ from .plan import ACT_BOUND, INT32_MAX, FlattenStep, Plan, Pool, Product
 
 MAX_FAN_IN = 2**17  # keeps int64 accumulators far from overflow (see the module docstring)
 _VALUES_PER_LINE = 24
+HEADER, WEIGHTS, MODEL, DRIVER_FILE = "nitro_model.h", "nitro_weights.h", "nitro_model.c", "main.c"
+C_FILES = (HEADER, WEIGHTS, MODEL, DRIVER_FILE)
+# Characters free text may keep in a comment: no '*' or '/' (no comment end or nested start), no '?' (no
+# trigraph), no backslash (no line splice), no quote, no newline or control character.
+_COMMENT_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ._,:;+-=()[]")
+COMMENT_LIMIT = 300
+
+
+def comment_text(text: str) -> str:
+    """`text` as it may appear inside a generated comment: every other character becomes '_', and it is
+    cut to COMMENT_LIMIT characters. The one escaping step for free text in the C export (why: a checkpoint
+    file name or a future label must never end a comment and become code)."""
+    safe = "".join(ch if ch in _COMMENT_SAFE else "_" for ch in text)
+    return safe if len(safe) <= COMMENT_LIMIT else safe[:COMMENT_LIMIT - 3] + "..."
 
 
 def _ctype(a: np.ndarray) -> str:
@@ -209,7 +226,8 @@ def _size(shape: tuple[int, ...]) -> int:
 
 
 def build_c(plan: Plan, *, banner: str) -> dict[str, str]:
-    """The C sources of `plan`: {file name: text}."""
+    """The C sources of `plan`: {file name: text}. `banner` (provenance) is escaped with `comment_text`."""
+    banner = comment_text(banner)
     c, h, w = plan.in_shape
     classes = plan.num_classes
     layers = {id(s): _Layer(s, "") for s in plan.steps if isinstance(s, Product)}
@@ -377,8 +395,7 @@ int nitro_forward(const uint8_t *image, int32_t *logits, int32_t *head_logits, i
 
 #endif
 """
-    return {"nitro_model.h": header, "nitro_weights.h": "\n".join(weights), "nitro_model.c": model_c,
-            "main.c": DRIVER}
+    return {HEADER: header, WEIGHTS: "\n".join(weights), MODEL: model_c, DRIVER_FILE: DRIVER}
 
 
 DRIVER = r"""/* main.c: scores an exported NITRO-D model on IDX (MNIST, FashionMNIST) or CIFAR-10 binary

@@ -1,4 +1,8 @@
-"""model_card.json: what an exported model is, where it came from, and how to run it."""
+"""model_card.json: what an exported model is, where it came from, and how to run it.
+
+Every value comes from nitro itself or from a check that `nitro eval` also runs (`check_eval`): a checkpoint
+is a file anyone can write, so nothing in it reaches the card unchecked.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..runner.checkpoint import Checkpoint
+from ..data import DATASETS
+from ..runner.evaluate import EvalJob
 from .plan import Plan, balanced_limbs
 
 
@@ -36,19 +41,22 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def recorded_test_accuracy(state: dict[str, Any]) -> float | None:
-    """The test accuracy the training run recorded for the checkpoint's epoch (metrics.csv's test_acc)."""
-    epoch = state.get("epoch")
+def recorded_test_accuracy(state: dict[str, Any], epoch: int) -> float | None:
+    """The test accuracy the training run recorded for `epoch` (metrics.csv's test_acc), or None where that
+    row is missing or holds anything but a fraction."""
     for row in state.get("metrics") or []:
         if isinstance(row, list) and len(row) > 4 and row[0] == epoch:
-            return row[4] if isinstance(row[4], int | float) else None
+            acc = row[4]
+            fraction = isinstance(acc, int | float) and not isinstance(acc, bool) and 0 <= acc <= 1
+            return float(acc) if fraction else None
     return None
 
 
-def model_card(ckpt: Checkpoint, plan: Plan, fmt: str, files: dict[str, int]) -> dict[str, Any]:
-    state = ckpt.state
-    cfg = state.get("config") or {}
-    model_cfg = state.get("model") or {}
+def model_card(job: EvalJob, model_config: dict[str, Any], plan: Plan, fmt: str,
+               files: dict[str, int]) -> dict[str, Any]:
+    """The card of an export: `job` holds what `check_eval` checked, `model_config` is the config of the
+    network nitro rebuilt (NitroNet.config); class names come from the dataset registry."""
+    ckpt = job.ckpt
     c, h, w = plan.in_shape
     layers = []
     for p in plan.products():
@@ -85,18 +93,17 @@ def model_card(ckpt: Checkpoint, plan: Plan, fmt: str, files: dict[str, int]) ->
     return {
         "format": fmt,
         "files": files,
-        "dataset": (cfg.get("data") or {}).get("name"),
-        "preset": model_cfg.get("preset"),
-        "model": {k: model_cfg.get(k) for k in ("in_shape", "num_classes", "hidden", "features", "slope",
-                                                  "decoder_dim", "dropout", "fe_dropout")},
+        "dataset": job.name,
+        "preset": model_config["preset"],
+        "model": {k: model_config.get(k) for k in ("in_shape", "num_classes", "hidden", "features", "slope",
+                                                     "decoder_dim", "dropout", "fe_dropout")},
         "compat": plan.compat,
-        "class_names": state.get("class_names"),
+        "class_names": list(DATASETS[job.name].class_names),
         "parameters": int(sum(p.weight.size for p in plan.products())),
-        "test_accuracy": recorded_test_accuracy(state),
-        "test_accuracy_note": (f"recorded by `nitro train` at epoch {state.get('epoch')} on the test split "
-                               f"of {(cfg.get('data') or {}).get('name')} (trainer="
-                               f"{(cfg.get('trainer') or {}).get('name')}); null if that epoch did not end"),
-        "epoch": state.get("epoch"),
+        "test_accuracy": recorded_test_accuracy(ckpt.state, job.epoch),
+        "test_accuracy_note": (f"recorded by `nitro train` at epoch {job.epoch} on the test split of "
+                               f"{job.name} (trainer={job.trainer['name']}); null if that epoch did not end"),
+        "epoch": job.epoch,
         "heads": heads,
         **io,
         "layers": layers,

@@ -57,7 +57,7 @@ def model_from_checkpoint(ckpt: Checkpoint, xp: Any = np) -> NitroNet:
 
 
 @dataclass
-class _EvalJob:
+class EvalJob:
     """A checked evaluation: the checkpoint, its test protocol and the dataset to score it on."""
 
     ckpt: Checkpoint
@@ -67,9 +67,10 @@ class _EvalJob:
     normalizer: Normalizer
 
 
-def check_eval(path: str | Path, data: dict[str, Any] | None = None) -> _EvalJob:
+def check_eval(path: str | Path, data: dict[str, Any] | None = None, *, find_dataset: bool = True) -> EvalJob:
     """Everything that can refuse an evaluation, checked without reading the dataset: the checkpoint, its
-    run record, the dataset's shape and presence."""
+    run record, the dataset's shape and presence. `nitro export` runs the same checks on what it copies
+    into generated files, without `find_dataset` (it reads no images)."""
     ckpt = load_checkpoint(path)
     state = ckpt.state
     try:
@@ -86,8 +87,9 @@ def check_eval(path: str | Path, data: dict[str, Any] | None = None) -> _EvalJob
         raise NitroError(f"the checkpoint's model takes {'x'.join(map(str, in_shape))} images and "
                          f"{num_classes} classes; {name} has {'x'.join(map(str, info.shape))} and "
                          f"{info.num_classes}: evaluate it on a dataset of the same shape")
-    dataset_sizes(name, data.get("root") if data else None)
-    return _EvalJob(ckpt, trainer, name, epoch, normalizer)
+    if find_dataset:
+        dataset_sizes(name, data.get("root") if data else None)
+    return EvalJob(ckpt, trainer, name, epoch, normalizer)
 
 
 def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None, backend: str = "auto",
