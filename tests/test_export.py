@@ -3,6 +3,7 @@ refused cleanly on bad input."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import re
@@ -367,15 +368,21 @@ def test_user_errors_of_export_end_in_one_error_line(mlp1_run: Path, nitro, tmp_
     clean_error(nitro("export", f"ckpt={ckpt}", "format=c", "out=/proc/nitro_export", hydra_dir),
                 "cannot write the export")
     assert not Path("/proc/nitro_export").exists()
-    # An existing non-empty folder is kept unless overwrite=true, which replaces it only when complete.
+    # A folder of the user's is never replaced, not even with overwrite=true (tests/test_export_safety.py
+    # covers every kind of folder); an earlier export is, with overwrite=true, once the new one is complete.
     out = tmp_path / "existing"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    clean_error(nitro("export", f"ckpt={ckpt}", "format=c", f"out={out}", hydra_dir), "already exists")
-    assert (out / "keep.txt").read_text() == "mine"
+    for extra in ([], ["overwrite=true"]):
+        clean_error(nitro("export", f"ckpt={ckpt}", "format=c", f"out={out}", *extra, hydra_dir),
+                    "already exists", "nitro export does not write (keep.txt)")
+        assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
     assert _leftovers(tmp_path) == []
+    out = tmp_path / "earlier"
+    _export(nitro, ckpt, "onnx" if importlib.util.find_spec("onnx") else "c", out)
+    clean_error(nitro("export", f"ckpt={ckpt}", "format=c", f"out={out}", hydra_dir),
+                "already holds an export", "overwrite=true")
     card = _export(nitro, ckpt, "c", out, "overwrite=true")
-    assert not (out / "keep.txt").exists()
     assert {*card["files"], "model_card.json"} == {p.name for p in out.iterdir()}
     assert _leftovers(tmp_path) == []
 

@@ -4,6 +4,9 @@ strictly."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import file_hashes
 from nitro_cli.data import DATASETS
 from nitro_cli.errors import NitroError
-from nitro_cli.export import export_checkpoint
+from nitro_cli.export import export_checkpoint, write_folder
 from nitro_cli.export import verify as V
 from nitro_cli.runner import load_checkpoint, save_checkpoint
 from test_cli import clean_error
@@ -38,6 +42,173 @@ def ckpt(tiny_ckpt: Path, tmp_path: Path) -> Path:
     dst.parent.mkdir()
     tiny_ckpt.rename(dst)
     return dst
+
+
+# ---------------------------------------------------------------------------------------------------------
+# overwrite=true replaces only an earlier export
+
+
+def _copy_run(run: Path, dst: Path) -> Path:
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_overwrite_refuses_a_run_folder_and_keeps_every_file(tiny_run: Path, ckpt: Path,
+                                                             tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    before = file_hashes(run)
+    _refused(ckpt, run, "holds a training run", "choose another out=")
+    assert file_hashes(run) == before
+
+
+def test_overwrite_refuses_the_run_folder_of_the_checkpoint_itself(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    before = file_hashes(run)
+    _refused(run / "checkpoints" / "last.npz", run, "holds the checkpoint being exported")
+    _refused(run / "checkpoints" / "last.npz", run / "checkpoints", "holds the checkpoint being exported")
+    assert file_hashes(run) == before
+
+
+def test_overwrite_refuses_the_current_folder_and_its_parents(ckpt: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    work = home / "work"
+    work.mkdir(parents=True)
+    (home / "thesis.tex").write_text("three years\n")
+    (work / "notes.txt").write_text("mine\n")
+    before = file_hashes(home)
+    monkeypatch.chdir(work)
+    _refused(ckpt, ".", "is the current folder or holds it")
+    _refused(ckpt, "..", "is the current folder or holds it")
+    _refused(ckpt, work, "is the current folder or holds it")
+    assert file_hashes(home) == before
+    # Even an earlier export is not replaced while it is the current folder.
+    export_checkpoint(ckpt, "c", home / "exp")
+    monkeypatch.chdir(home / "exp")
+    before = file_hashes(home)
+    _refused(ckpt, ".", "is the current folder or holds it")
+    assert file_hashes(home) == before
+
+
+def test_overwrite_refuses_a_sweep(tiny_run: Path, ckpt: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    _copy_run(tiny_run, sweep / "0")
+    _copy_run(tiny_run, sweep / "1")
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    before = file_hashes(sweep)
+    _refused(ckpt, sweep, "holds a sweep")
+    assert file_hashes(sweep) == before
+    (sweep / "multirun.yaml").unlink()  # a sweep's folders alone are enough
+    before = file_hashes(sweep)
+    _refused(ckpt, sweep, "holds a sweep")
+    assert file_hashes(sweep) == before
+
+
+def test_overwrite_refuses_a_folder_holding_a_checkpoint(ckpt: Path, tmp_path: Path) -> None:
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    shutil.copyfile(ckpt, keep / "best_of_my_life.npz")
+    before = file_hashes(keep)
+    _refused(ckpt, keep, "holds a checkpoint", "best_of_my_life.npz")
+    assert file_hashes(keep) == before
+
+
+def test_overwrite_refuses_a_folder_locked_by_a_live_run(tiny_run: Path, ckpt: Path, tmp_path: Path) -> None:
+    live = _copy_run(tiny_run, tmp_path / "live")
+    fd = os.open(live / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: lock_holder sees a holder
+        os.write(fd, b"4242 trainhost\n")
+        before = file_hashes(live)
+        _refused(ckpt, live, "is in use by process 4242 on trainhost")
+        # Even a folder that looks like an export is not touched while a live process holds its lock.
+        exp = tmp_path / "exp"
+        export_checkpoint(ckpt, "c", exp)
+        shutil.copyfile(live / ".lock", exp / ".lock")
+        fd2 = os.open(exp / ".lock", os.O_RDWR)
+        try:
+            fcntl.flock(fd2, fcntl.LOCK_EX)
+            exp_before = file_hashes(exp)
+            _refused(ckpt, exp, "is in use by process 4242")
+            assert file_hashes(exp) == exp_before
+        finally:
+            os.close(fd2)
+        assert file_hashes(live) == before
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("extra", ["notes.txt", "sub/notes.txt", "nitro_eval"])
+def test_overwrite_refuses_an_export_holding_other_files(extra: str, ckpt: Path, tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    export_checkpoint(ckpt, "c", exp)
+    (exp / extra).parent.mkdir(exist_ok=True)
+    (exp / extra).write_text("mine\n")
+    before = file_hashes(exp)
+    _refused(ckpt, exp, "nitro export does not write", extra.split("/")[0])
+    assert file_hashes(exp) == before
+
+
+def test_overwrite_refuses_a_folder_with_a_foreign_model_card(ckpt: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model_card.json").write_text(json.dumps({"model": "someone else's"}))
+    (other / "main.c").write_text("int main(void) { return 0; }\n")
+    before = file_hashes(other)
+    _refused(ckpt, other, "not written by nitro export")
+    assert file_hashes(other) == before
+    (other / "model_card.json").unlink()
+    before = file_hashes(other)
+    _refused(ckpt, other, "has no model_card.json")
+    assert file_hashes(other) == before
+
+
+def test_overwrite_replaces_an_earlier_export_file_by_file(ckpt: Path, tmp_path: Path) -> None:
+    from nitro_cli.export import EXPORT_FILES
+
+    exp = tmp_path / "exp"
+    export_checkpoint(ckpt, "c", exp)
+    needs_onnx()
+    result = export_checkpoint(ckpt, "onnx", exp, overwrite=True)
+    assert sorted(p.name for p in exp.iterdir()) == ["model.onnx", "model_card.json"] == sorted(result.files)
+    assert set(result.files) <= EXPORT_FILES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpts", "exp"]  # no temp or old folder left
+
+
+def test_a_file_added_while_the_export_is_written_is_kept(ckpt: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder is checked again just before it is replaced: a file that appeared meanwhile stops it."""
+    import nitro_cli.export as export
+
+    exp = tmp_path / "exp"
+    export_checkpoint(ckpt, "c", exp)
+    real = export.fsync_dir
+
+    def user_saves_a_file(folder: Path) -> None:
+        if not (exp / "late.txt").exists():
+            (exp / "late.txt").write_text("saved while the export ran\n")
+        real(folder)
+
+    monkeypatch.setattr(export, "fsync_dir", user_saves_a_file)
+    before = file_hashes(exp)
+    with pytest.raises(NitroError, match="late.txt"):
+        write_folder(exp, {"main.c": b"int main(void) { return 0; }\n"}, overwrite=True)
+    after = file_hashes(exp)
+    assert after.pop("late.txt") and after == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpts", "exp"]
+
+
+def test_data_loss_refusals_end_in_one_error_line(tiny_run: Path, ckpt: Path, nitro, tmp_path: Path) -> None:
+    """Through the command line: the run folder, the current folder, a live run; nothing is touched."""
+    run = _copy_run(tiny_run, tmp_path / "run")
+    before = file_hashes(tmp_path)
+    hydra = f"hydra.run.dir={tmp_path.parent / (tmp_path.name + '_hydra')}"
+    clean_error(nitro("export", f"ckpt={run / 'checkpoints' / 'last.npz'}", "format=c", f"out={run}",
+                      "overwrite=true", hydra), "holds the checkpoint being exported")
+    clean_error(nitro("export", f"ckpt={ckpt}", "format=c", "out=.", "overwrite=true", hydra),
+                "is the current folder or holds it")
+    clean_error(nitro("export", f"ckpt={ckpt}", "format=c", f"out={run}", hydra), "holds a training run")
+    assert file_hashes(tmp_path) == before
 
 
 # ---------------------------------------------------------------------------------------------------------
