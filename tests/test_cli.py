@@ -216,6 +216,27 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(nitro, tmp_path: Path)
                 "/proc/nitro_run", "hydra.run.dir=")
 
 
+def test_output_through_a_pipe_is_not_wrapped_unless_columns_says_so(tiny_run: Path, tmp_path: Path) -> None:
+    """rich wrapped at 80 columns in logs and pipes, splitting paths (checkpoints/be / st.npz) and headers."""
+    deep = tmp_path / ("a_folder_name_long_enough_to_pass_eighty_columns_" * 2) / "run"
+    shutil.copytree(tiny_run, deep)
+    best, out = deep / "checkpoints/best.npz", deep.parent / "report"
+    env = nitro_env()
+    del env["COLUMNS"]
+
+    def nitro_piped(*args: str, **extra: str) -> str:
+        res = subprocess.run([*nitro_cmd(), *args], capture_output=True, text=True, env={**env, **extra},
+                             timeout=180, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    assert str(best) in nitro_piped("eval", f"ckpt={best}", f"hydra.run.dir={deep.parent / 'eval'}")
+    report = nitro_piped("report", f"runs={deep}", f"out={out}")
+    assert f"Report written to {out}" in report and "┃ Experiment ┃" in report
+    assert str(best) not in nitro_piped("eval", f"ckpt={best}", f"hydra.run.dir={deep.parent / 'eval2'}",
+                                        COLUMNS="80")
+
+
 def test_help_version_and_composed_config(nitro) -> None:
     for args in ([], ["--help"]):
         res = nitro(*args)

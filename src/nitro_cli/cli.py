@@ -329,11 +329,31 @@ def _short_blas_spin() -> None:
         os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
+# The width rich lays out for when stdout is no terminal: wide enough that nothing wraps.
+UNWRAPPED_COLUMNS = "10000"
+
+
+def _unwrapped_when_not_a_terminal() -> None:
+    """Let rich (tables, `wrote <path>` lines) wrap nothing when stdout is no terminal, unless COLUMNS is set.
+
+    There rich wraps at 80 columns (or at the width of a terminal on stderr, as in `nitro ... | tee log`),
+    which splits paths and table headers in logs and pipes. rich reads COLUMNS whenever it lays out, so
+    this covers every Console of every command; jobs a sweep starts inherit it, and their stdout is a file.
+    """
+    try:
+        piped = not sys.stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        piped = True
+    if piped and "COLUMNS" not in os.environ:
+        os.environ["COLUMNS"] = UNWRAPPED_COLUMNS
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `nitro` console script; returns the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     _single_blas_thread_when_busy(args)
     _short_blas_spin()
+    _unwrapped_when_not_a_terminal()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
