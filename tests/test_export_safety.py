@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,90 @@ def test_a_hostile_checkpoint_file_name_stays_a_comment(ckpt: Path, tmp_path: Pa
                 assert head.startswith("/* nitro_") and not set(banner) & set('#\\"?*/'), (f.name, line)
     needs_cc()
     V.compile_c(out, tmp_path / "nitro_eval")  # -Wall -Wextra -Werror -pedantic: no stray comment or splice
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the C driver's arguments
+
+N_IMAGES = 30
+
+
+@pytest.fixture(scope="module")
+def driver(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny run's C export compiled twice (progress every 10 s, and after every image), with 30 test
+    images as IDX files."""
+    needs_cc()
+    tmp = tmp_path_factory.mktemp("driver")
+    export_checkpoint(tiny_run / "checkpoints" / "last.npz", "c", tmp / "c")
+    V.compile_c(tmp / "c", tmp / "nitro_eval")
+    V.compile_c(tmp / "c", tmp / "nitro_eval_chatty", extra_flags=["-DNITRO_PROGRESS_SECONDS=0"])
+    rng = np.random.default_rng(0)
+    img, lbl = V.write_idx(rng.integers(0, 256, (N_IMAGES, 1, 28, 28), dtype=np.uint8),
+                           rng.integers(0, 10, N_IMAGES, dtype=np.uint8), tmp)
+    return {"exe": tmp / "nitro_eval", "chatty": tmp / "nitro_eval_chatty", "img": img, "lbl": lbl}
+
+
+def _drive(driver: dict[str, Path], *args: str, exe: str = "exe") -> subprocess.CompletedProcess[str]:
+    names = {"IMG": str(driver["img"]), "LBL": str(driver["lbl"])}
+    return subprocess.run([str(driver[exe]), *(names.get(a, a) for a in args)], capture_output=True,
+                          text=True, timeout=60)
+
+
+def _scored(res: subprocess.CompletedProcess[str]) -> int:
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.splitlines()[-1]
+    assert last.startswith("accuracy "), res.stdout
+    return int(last.split("/")[1].split()[0])
+
+
+@pytest.mark.parametrize("args", [["idx", "IMG", "LBL", "--limit", "5"],
+                                  ["--limit", "5", "idx", "IMG", "LBL"],
+                                  ["idx", "--limit", "5", "IMG", "LBL"],
+                                  ["idx", "IMG", "LBL", "--limit=5"]])
+def test_driver_options_count_anywhere(args: list[str], driver: dict[str, Path]) -> None:
+    assert _scored(_drive(driver, *args)) == 5
+
+
+def test_driver_scores_every_image_without_a_limit_and_logits_anywhere(driver: dict[str, Path]) -> None:
+    assert _scored(_drive(driver, "idx", "IMG", "LBL")) == N_IMAGES
+    res = _drive(driver, "idx", "IMG", "LBL", "--logits", "--limit", "3")
+    assert _scored(res) == 3 and len(res.stdout.splitlines()) == 4
+    assert res.stderr == ""  # no progress line for a run shorter than 10 s
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["idx", "IMG", "LBL", "extra"], "unexpected argument after idx IMAGES LABELS: extra"),
+    (["idx", "IMG"], "idx needs IMAGES and LABELS"),
+    (["cifar"], "cifar needs at least one"),
+    ([], "missing the format"),
+    (["mnist", "IMG", "LBL"], "unknown format (idx or cifar): mnist"),
+    (["--limit", "-5", "idx", "IMG", "LBL"], "--limit needs a whole number of images, at least 1: -5"),
+    (["idx", "IMG", "LBL", "--limit", "0"], "--limit needs a whole number of images, at least 1: 0"),
+    (["idx", "IMG", "LBL", "--limit", "5x"], "--limit needs a whole number of images, at least 1: 5x"),
+    (["idx", "IMG", "LBL", "--limit", "99999999999999999999"], "at least 1: 99999999999999999999"),
+    (["idx", "IMG", "LBL", "--limit"], "--limit needs a whole number of images"),
+    (["idx", "IMG", "LBL", "--frobnicate"], "unknown option (use --limit N, --logits): --frobnicate"),
+])
+def test_driver_refuses_bad_arguments_with_usage(args: list[str], needle: str,
+                                                 driver: dict[str, Path]) -> None:
+    res = _drive(driver, *args)
+    assert res.returncode == 2 and res.stdout == "", (res.returncode, res.stdout)
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert lines[1].startswith("usage: ") and "--limit N" in lines[1]
+
+
+def test_driver_help_and_end_of_options(driver: dict[str, Path], tmp_path: Path) -> None:
+    res = _drive(driver, "--help")
+    assert res.returncode == 0 and res.stdout.startswith("usage: ") and res.stderr == ""
+    dashed = tmp_path / "-images"
+    shutil.copyfile(driver["img"], dashed)
+    assert _scored(_drive(driver, "--limit", "4", "idx", "--", str(dashed), "LBL")) == 4
+
+
+def test_driver_reports_progress_on_stderr(driver: dict[str, Path]) -> None:
+    res = _drive(driver, "idx", "IMG", "LBL", exe="chatty")
+    assert _scored(res) == N_IMAGES
+    progress = res.stderr.splitlines()
+    assert progress and all(line.startswith("nitro_eval: ") and "images scored" in line for line in progress)
+    assert progress[-1] == f"nitro_eval: {N_IMAGES} images scored"

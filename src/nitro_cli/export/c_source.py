@@ -404,21 +404,38 @@ DRIVER = r"""/* main.c: scores an exported NITRO-D model on IDX (MNIST, FashionM
  *   cc -std=c99 -O2 -o nitro_eval main.c nitro_model.c
  *   ./nitro_eval idx t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
  *   ./nitro_eval cifar test_batch.bin
- *   options before the format: --limit N (first N images), --logits (one line per image: label,
- *   prediction, the logits, then the learning heads' logits when exported with heads)
+ *   options, anywhere on the line: --limit N (the first N images, N >= 1), --logits (one line per image:
+ *   label, prediction, the logits, then the learning heads' logits when exported with heads), --help;
+ *   after "--" every argument is a file name
  *
- * Prints "accuracy CORRECT/TOTAL = P.PP%" (integer arithmetic only). Exit code 0, or 2 on bad input. */
+ * Prints "accuracy CORRECT/TOTAL = P.PP%" (integer arithmetic only), and on stderr a progress line every
+ * NITRO_PROGRESS_SECONDS seconds (10; set it with -DNITRO_PROGRESS_SECONDS=N). Exit code 0, or 2 on bad
+ * arguments or input (with one "error:" line). */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include "nitro_model.h"
+
+#ifndef NITRO_PROGRESS_SECONDS
+#define NITRO_PROGRESS_SECONDS 10
+#endif
+#define USAGE "usage: %s [--limit N] [--logits] idx IMAGES LABELS | cifar BATCH.bin...\n"
 
 static uint8_t image[NITRO_INPUT_BYTES];
 static long long correct, total, limit = -1;
 static int print_logits;
+static time_t last_report;
 
 static int fail(const char *what, const char *path)
 {
     fprintf(stderr, "error: %s%s%s\n", what, path ? ": " : "", path ? path : "");
+    return 2;
+}
+
+static int usage_error(const char *prog, const char *what, const char *arg)
+{
+    fail(what, arg);
+    fprintf(stderr, USAGE, prog);
     return 2;
 }
 
@@ -436,6 +453,7 @@ static void score(int label)
     static int32_t heads[NITRO_NUM_HEADS * NITRO_NUM_CLASSES + 1];
     int32_t logits[NITRO_NUM_CLASSES];
     int k, pred = nitro_forward(image, logits, print_logits ? heads : 0, scratch);
+    time_t now;
     if (print_logits) {
         printf("%d %d", label, pred);
         for (k = 0; k < NITRO_NUM_CLASSES; ++k) printf(" %ld", (long)logits[k]);
@@ -444,6 +462,11 @@ static void score(int label)
     }
     correct += pred == label;
     total += 1;
+    now = time(0);
+    if (now != (time_t)-1 && now - last_report >= NITRO_PROGRESS_SECONDS) {
+        fprintf(stderr, "nitro_eval: %lld images scored\n", total);
+        last_report = now;
+    }
 }
 
 static int run_idx(const char *images_path, const char *labels_path)
@@ -503,7 +526,8 @@ static int run_cifar(const char *path)
     return 0;
 }
 
-static int parse_count(const char *s, long long *out)
+/* A whole number of images, at least 1 (at most 10^12): digits only, no sign. */
+static int parse_limit(const char *s, long long *out)
 {
     long long v = 0;
     if (!*s) return 0;
@@ -511,30 +535,53 @@ static int parse_count(const char *s, long long *out)
         if (*s < '0' || *s > '9' || v > 100000000000LL) return 0;
         v = v * 10 + (*s - '0');
     }
+    if (v < 1) return 0;
     *out = v;
     return 1;
 }
 
 int main(int argc, char **argv)
 {
-    int i = 1, status = 0;
+    /* Options may come anywhere; the other arguments are moved, in order, to the front of argv + 1. */
+    char **pos = argv + 1;
+    const char *value;
+    int i, npos = 0, options = 1, idx, status = 0;
     long long hundredths;
-    for (; i < argc && strncmp(argv[i], "--", 2) == 0; ++i) {
-        if (strcmp(argv[i], "--logits") == 0) {
+    for (i = 1; i < argc; ++i) {
+        const char *arg = argv[i];
+        if (!options || arg[0] != '-' || arg[1] == '\0') {
+            pos[npos++] = argv[i];
+        } else if (strcmp(arg, "--") == 0) {
+            options = 0;
+        } else if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            printf(USAGE, argv[0]);
+            return 0;
+        } else if (strcmp(arg, "--logits") == 0) {
             print_logits = 1;
-        } else if (strcmp(argv[i], "--limit") == 0 && i + 1 < argc && parse_count(argv[i + 1], &limit)) {
-            ++i;
+        } else if (strcmp(arg, "--limit") == 0 || strncmp(arg, "--limit=", 8) == 0) {
+            value = arg[7] == '=' ? arg + 8 : (i + 1 < argc ? argv[++i] : 0);
+            if (!value) return usage_error(argv[0], "--limit needs a whole number of images", 0);
+            if (!parse_limit(value, &limit))
+                return usage_error(argv[0], "--limit needs a whole number of images, at least 1", value);
         } else {
-            return fail("unknown option (use --limit N, --logits)", argv[i]);
+            return usage_error(argv[0], "unknown option (use --limit N, --logits)", arg);
         }
     }
-    if (i + 2 < argc && strcmp(argv[i], "idx") == 0) {
-        status = run_idx(argv[i + 1], argv[i + 2]);
-    } else if (i + 1 < argc && strcmp(argv[i], "cifar") == 0) {
-        for (++i; i < argc && status == 0; ++i) status = run_cifar(argv[i]);
+    if (npos == 0) return usage_error(argv[0], "missing the format (idx or cifar)", 0);
+    idx = strcmp(pos[0], "idx") == 0;
+    if (idx) {
+        if (npos < 3) return usage_error(argv[0], "idx needs IMAGES and LABELS", 0);
+        if (npos > 3) return usage_error(argv[0], "unexpected argument after idx IMAGES LABELS", pos[3]);
+    } else if (strcmp(pos[0], "cifar") == 0) {
+        if (npos < 2) return usage_error(argv[0], "cifar needs at least one BATCH.bin file", 0);
     } else {
-        fprintf(stderr, "usage: %s [--limit N] [--logits] idx IMAGES LABELS | cifar BATCH.bin...\n", argv[0]);
-        return 2;
+        return usage_error(argv[0], "unknown format (idx or cifar)", pos[0]);
+    }
+    last_report = time(0);
+    if (idx) {
+        status = run_idx(pos[1], pos[2]);
+    } else {
+        for (i = 1; i < npos && status == 0; ++i) status = run_cifar(pos[i]);
     }
     if (status) return status;
     if (total == 0) return fail("no image scored", 0);

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,12 @@ def onnx_outputs(session: Any, images: np.ndarray, batch_size: int = 256) -> dic
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
-def compile_c(src: Path, exe: Path, opt: str = "-O2",
-              cc: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Compile main.c + nitro_model.c with the strict flags; raises CalledProcessError on any warning."""
+def compile_c(src: Path, exe: Path, opt: str = "-O2", cc: str | None = None,
+              extra_flags: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Compile main.c + nitro_model.c with the strict flags (and `extra_flags`, e.g. -D settings of the
+    driver); raises CalledProcessError on any warning."""
     compiler = cc or shutil.which("cc") or "gcc"
-    res = subprocess.run([compiler, *STRICT_FLAGS, opt, "-o", str(exe), str(src / "main.c"),
+    res = subprocess.run([compiler, *STRICT_FLAGS, *extra_flags, opt, "-o", str(exe), str(src / "main.c"),
                           str(src / "nitro_model.c")], capture_output=True, text=True)
     if res.returncode != 0 or res.stderr.strip():
         raise subprocess.CalledProcessError(res.returncode or 1, res.args, res.stdout, res.stderr)
