@@ -216,6 +216,33 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(nitro, tmp_path: Path)
                 "/proc/nitro_run", "hydra.run.dir=")
 
 
+def _help_groups(help_text: str) -> set[str]:
+    """The config groups that a --help page offers."""
+    if "== Configuration groups ==" not in help_text:
+        return set()
+    section = help_text.split("== Configuration groups ==", 1)[1].split("== Config ==", 1)[0]
+    return {line.split(":", 1)[0] for line in section.splitlines()[1:] if ": " in line}
+
+
+@pytest.mark.parametrize(("command", "groups"), [("eval", {"data", "engine"}), ("export", set()),
+                                                 ("report", set())])
+def test_each_help_page_lists_only_its_own_config_groups(nitro, command: str, groups: set[str]) -> None:
+    """Every command's config shares one folder with train's groups; its --help must not offer them."""
+    res = nitro(command, "--help")
+    assert res.returncode == 0, res.stderr
+    assert f"nitro {command}" in res.stdout and "== Config ==" in res.stdout
+    assert _help_groups(res.stdout) == groups
+    assert not any(line.startswith(("model:", "optimizer:", "trainer:")) for line in res.stdout.splitlines())
+
+
+def test_the_train_help_page_lists_its_config_groups(nitro) -> None:
+    res = nitro("train", "--help")
+    assert res.returncode == 0, res.stderr
+    assert {"compat", "data", "engine", "experiment/paper", "model", "optimizer", "trainer"} <= \
+        _help_groups(res.stdout)
+    assert "model: mlp1, mlp2, mlp3, mlp4, vgg11b, vgg8b" in res.stdout
+
+
 def test_output_through_a_pipe_is_not_wrapped_unless_columns_says_so(tiny_run: Path, tmp_path: Path) -> None:
     """rich wrapped at 80 columns in logs and pipes, splitting paths (checkpoints/be / st.npz) and headers."""
     deep = tmp_path / ("a_folder_name_long_enough_to_pass_eighty_columns_" * 2) / "run"

@@ -28,6 +28,25 @@ from ..runner.rundir import busy_error, lock_folder, lock_holder
 # microsecond still get two folders.
 OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True, replace=True)
 
+
+def own_config_groups() -> str:
+    """The config-groups section of a command's --help (configs/hydra/help/nitro.yaml): the groups that
+    the command's defaults list selects, with their presets, or nothing for a command that has none.
+
+    The commands share one config folder, and Hydra's own page lists every group in it: `nitro eval --help`
+    offered train's model, optimizer and trainer, and `nitro report --help` groups it has no key for.
+    """
+    own = {g.split("/")[0] for g in HydraConfig.get().runtime.choices if not g.startswith("hydra/")}
+    hydra = GlobalHydra.instance().hydra
+    if not own or hydra is None:
+        return ""
+    groups = hydra.format_config_groups(lambda g: g.split("/")[0] in own)
+    return ("== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n"
+            f"{groups}\n")
+
+
+OmegaConf.register_new_resolver("nitro_config_groups", own_config_groups, replace=True)
+
 # check(config, folder, here): raise NitroError if the job whose full config (with its `hydra` node) is
 # `config` may not write into `folder`; `here` says whether the job will run on this machine, so that its
 # environment (datasets, GPU) can be checked too.
