@@ -12,10 +12,12 @@ import csv
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from conftest import nitro_cmd, nitro_env
 from nitro_cli import cli
 from nitro_cli.apps import train
 from nitro_cli.runner import load_checkpoint
@@ -326,3 +329,50 @@ def test_blas_threads_sleep_between_products_unless_the_user_says(monkeypatch) -
     env["OPENBLAS_THREAD_TIMEOUT"] = "20"
     cli._short_blas_spin()
     assert env["OPENBLAS_THREAD_TIMEOUT"] == "20"
+
+
+def _group_members(pgid: int) -> list[str]:
+    """The live processes of process group `pgid` (pid and command line), read from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(f"{stat.parent.name}: {cmdline[:150]}")
+    return members
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc")
+def test_a_joblib_sweep_killed_hard_leaves_no_process_behind(tmp_path: Path) -> None:
+    """kill -9 of the sweep's own process only: its loky workers stop their jobs (recorded as interrupted,
+    resumable) and exit, and so do the resource trackers; nothing is left in the sweep's process group."""
+    sweep = tmp_path / "sweep"
+    cmd = [*nitro_cmd(), "train", "-m", "seed=1,2,3,4", "model.hidden=[16]", "trainer.max_epochs=200",
+           "engine=numpy", *LAUNCHERS["joblib"], f"hydra.sweep.dir={sweep}"]
+    err = tmp_path / "sweep.err"
+    with err.open("w") as stderr:
+        parent = subprocess.Popen(cmd, cwd=tmp_path, env=nitro_env(), stdout=subprocess.DEVNULL,
+                                  stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not all((sweep / job / "metrics.csv").is_file() for job in ("0", "1")):  # both jobs training
+            assert parent.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.2)
+        assert len(_group_members(parent.pid)) >= 3  # the sweep, its workers, the resource trackers
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 60
+        while (left := _group_members(parent.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert left == [], left
+        for job in ("0", "1"):
+            summary = _summary(sweep / job)
+            assert summary["status"] == "interrupted" and summary["epochs_run"] < 200, summary
+            assert (sweep / job / "checkpoints" / "last.npz").is_file()
+        assert not list(sweep.glob("[23]/summary.json"))  # no queued job started once orphaned
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import NitroError
 from ..runner.rundir import busy_error, lock_folder, lock_holder
+from .orphans import stop_when_orphaned
 
 # `${uid:}` in the default output folders: a short random suffix, drawn once per command (cached like
 # `${now:}`, so that every job of a sweep sees the same one), so that two commands started in the same
@@ -190,10 +191,12 @@ def run_task(task: Callable[[], Any]) -> Any:
     reader as exit code 0.
 
     Inside a multirun the error is re-raised as JobFailed instead: Hydra records the job as failed and runs
-    the others (a SystemExit would stop the whole sweep); `nitro` exits with 2 at the end.
+    the others (a SystemExit would stop the whole sweep); `nitro` exits with 2 at the end. A job in a
+    sweep's worker process stops when the sweep's process is gone (see orphans.py).
     """
     try:
-        return task()
+        with stop_when_orphaned():
+            return task()
     except BrokenPipeError:
         # stdout closed by its reader (`nitro report | head`): the files are written by then. Point stdout
         # at /dev/null so that flushing it at exit does not fail again.
