@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg slurm-up slurm-down clean
+.PHONY: install run test lint docs bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg slurm-up slurm-down clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,docs]'
 	touch $(STAMP)
 
 run: install
@@ -22,6 +22,12 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src tests scripts
+
+# The user manual (docs/) as a static site in site/: the config reference is regenerated from the configs
+# first; --strict fails on a broken link or a page left out of the nav.
+docs: install
+	$(BIN)/python scripts/gen_config_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python scripts/bench.py
@@ -54,4 +60,4 @@ slurm-down:
 	scripts/slurm-down.sh $(SLURM_DIR)
 
 clean:
-	rm -rf $(VENV) outputs multirun .pytest_cache
+	rm -rf $(VENV) outputs multirun .pytest_cache site
