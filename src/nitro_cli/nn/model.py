@@ -54,6 +54,7 @@ class EvalResult:
     n: int
     head_correct: list[int]
     confusion: np.ndarray = field(repr=False)
+    logits: np.ndarray | None = field(default=None, repr=False)  # output logits, if kept (and any)
 
     @property
     def accuracy(self) -> float:
@@ -280,16 +281,21 @@ class NitroNet:
         return to_host(self.arith.forward_scaled(self.output, h)), heads
 
     def evaluate(self, x: np.ndarray, labels: np.ndarray, batch_size: int = 256,
-                 on_batch: Callable[[int, int], None] | None = None) -> EvalResult:
+                 on_batch: Callable[[int, int], None] | None = None, keep_logits: bool = False) -> EvalResult:
         """Accuracy of the output and of every head over all of `x` (the last partial batch included).
 
-        `on_batch(images done, images in all)` is called after each batch, for a progress display.
+        `on_batch(images done, images in all)` is called after each batch, for a progress display;
+        `keep_logits` also returns the output logits of every image (computed anyway; keeping them
+        costs only memory).
         """
         labels = np.asarray(labels).astype(np.int64)
         correct, head_correct = 0, [0] * len(self.blocks)
         confusion = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        kept: list[np.ndarray] = []
         for start in range(0, len(labels), batch_size):
             out, heads = self.predict(x[start : start + batch_size])
+            if keep_logits:
+                kept.append(out)
             truth = labels[start : start + batch_size]
             pred = out.argmax(axis=1)
             correct += int((pred == truth).sum())
@@ -299,7 +305,8 @@ class NitroNet:
                                      minlength=self.num_classes**2).reshape(confusion.shape)
             if on_batch is not None:
                 on_batch(min(start + batch_size, len(labels)), len(labels))
-        return EvalResult(correct, len(labels), head_correct, confusion)
+        logits = np.concatenate(kept) if kept else None
+        return EvalResult(correct, len(labels), head_correct, confusion, logits)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Parameters as host int32 arrays under `param/<layer-name>/weight` (and `/bias`)."""

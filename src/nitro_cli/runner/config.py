@@ -171,6 +171,8 @@ def with_added_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
 EVAL_SCHEMA: Schema = {
     "ckpt": _str(optional=True),
     "batch_size": _int(1, 1 << 20),
+    "limit": _int(1, optional=True),
+    "save_logits": _bool,
     "progress": _choice("auto", "rich", "plain", "none"),
     "engine": TRAIN_SCHEMA["engine"],
     "data": _optional_section(TRAIN_SCHEMA["data"]),  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,13 @@ class EvalReport:
     head_accuracies: list[float]
     confusion: np.ndarray
     class_names: list[str]
+    n_test: int  # images in the test split; `n` of them, the first ones, were scored
+    limit: int | None = None  # the `limit` asked for (None: the protocol's count)
+    logits: np.ndarray | None = field(default=None, repr=False)  # output logits of the scored images, if kept
 
     def to_json(self) -> dict[str, Any]:
-        return {"ckpt": self.ckpt, "data": self.data, "epoch": self.epoch, "n": self.n,
+        """eval.json's fields, apart from the logits (their own file, which the caller writes and names)."""
+        return {"ckpt": self.ckpt, "data": self.data, "epoch": self.epoch, "n": self.n, "limit": self.limit,
                 "test_accuracy": self.test_accuracy,
                 "head_accuracies": dict(zip(self.head_names, self.head_accuracies, strict=True)),
                 "confusion": self.confusion.tolist(), "class_names": self.class_names}
@@ -93,13 +97,15 @@ def check_eval(path: str | Path, data: dict[str, Any] | None = None, *, find_dat
 
 
 def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None, backend: str = "auto",
-                        batch_size: int = 256,
-                        on_batch: Callable[[int, int], None] | None = None) -> EvalReport:
+                        batch_size: int = 256, on_batch: Callable[[int, int], None] | None = None,
+                        limit: int | None = None, keep_logits: bool = False) -> EvalReport:
     """Accuracy, per-head accuracies and the confusion matrix of a checkpoint on a test split.
 
     `data` (a data config: name, root) picks another dataset; by default the checkpoint's own dataset is
     read from the data root (never from a path stored in the file). The checkpoint's normalizer and its
     trainer's test protocol are used, so a last.npz reproduces its run's final test accuracy exactly.
+    `limit` scores exactly the first `limit` test images instead (a quick look; see `check_limit`), and
+    `keep_logits` keeps the output logits of the scored images in the report.
     `on_batch(images done, images in all)` reports progress.
     """
     job = check_eval(path, data)
@@ -109,10 +115,19 @@ def evaluate_checkpoint(path: str | Path, *, data: dict[str, Any] | None = None,
         raise NitroError(str(exc)) from None
     model = model_from_checkpoint(job.ckpt, xp)
     raw = load_dataset(job.name, data.get("root") if data else None)
-    n = scored_test_count(len(raw.test_y), job.trainer)
+    n_test = len(raw.test_y)
+    check_limit(limit, job.name, n_test)
+    n = scored_test_count(n_test, job.trainer) if limit is None else limit
     x = job.normalizer.apply(raw.test_x[:n])
-    result = model.evaluate(x, raw.test_y[:n].astype(np.int64), batch_size, on_batch)
+    result = model.evaluate(x, raw.test_y[:n].astype(np.int64), batch_size, on_batch, keep_logits)
     return EvalReport(ckpt=str(path), data=job.name, epoch=job.epoch, n=result.n,
                       test_accuracy=result.accuracy, head_names=model.head_names,
                       head_accuracies=result.head_accuracies, confusion=result.confusion,
-                      class_names=list(raw.class_names))
+                      class_names=list(raw.class_names), n_test=n_test, limit=limit, logits=result.logits)
+
+
+def check_limit(limit: int | None, name: str, n_test: int) -> None:
+    """Refuse a `limit` past the test split: scoring fewer images than asked would pass unnoticed."""
+    if limit is not None and limit > n_test:
+        raise NitroError(f"limit={limit} exceeds the {n_test} test images of {name}; choose 1 to {n_test}, "
+                         "or limit=null to score the whole test split")
