@@ -756,7 +756,9 @@ def test_modified_paper_rows_are_not_compared_with_the_paper(tmp_path: Path, nit
     assert rows["mnist_mini"]["modified"] == "data.name" and rows["mnist_mini"]["paper_mean_pct"] == ""
     assert rows["mnist"]["modified"] == "" and rows["mnist"]["paper_mean_pct"] == "97.36"
     md = (tmp_path / "rep/report.md").read_text()
-    assert "| paper/mlp1_mnist (modified: data.name) | paper |" in md
+    # the two runs share experiment and protocol: each is labelled by the settings that tell them apart
+    assert "| paper/mlp1_mnist (modified) data.name=mnist_mini trainer.max_epochs=3 | paper |" in md
+    assert "| paper/mlp1_mnist data.name=mnist trainer.max_epochs=2 | paper |" in md
     assert "| 2 (budget 2 of 150) |" in md
 
 

@@ -318,9 +318,15 @@ def test_only_an_unmodified_paper_preset_is_compared_with_the_paper(tmp_path: Pa
              overrides=("trainer.monitor=val", "trainer.val_fraction=0.1"))
     groups = {g.group: g for g in collect_runs([tmp_path]).groups}
     assert groups["g1"].paper is PAPER_ROWS["mlp1_mnist"] and groups["g1"].modified == ()
-    assert groups["g1"].epochs == "2 (budget 2 of 150)" and groups["g1"].label == exp
+    assert groups["g1"].epochs == "2 (budget 2 of 150)"
+    # g1-g3 share experiment and protocol: labelled by what tells them apart (compat.* by its preset's name)
+    assert groups["g1"].label == f"{exp} compat.name=exact data.name=mnist trainer.max_epochs=2"
     assert groups["g2"].paper is None and groups["g2"].modified == ("data.name",)
-    assert groups["g2"].label == "paper/mlp1_mnist (modified: data.name)"
+    assert groups["g2"].label == (f"{exp} (modified) compat.name=exact data.name=mnist_mini "
+                                  "trainer.max_epochs=3")
+    assert groups["g3"].label == (f"{exp} (modified) compat.name=reference data.name=mnist "
+                                  "trainer.max_epochs=3")
+    assert "compat.int32_accumulation=true" in groups["g3"].differs  # all of them in report.csv
     assert groups["g3"].paper is None and "compat.name" in groups["g3"].modified
     assert groups["g4"].protocol == "default"  # its trainer is the default one, whatever its name says
     assert groups["g5"].protocol == "custom" and groups["g5"].paper is None
@@ -400,3 +406,53 @@ def test_a_metrics_csv_that_disagrees_with_summary_json_is_warned_about(tmp_path
     assert "## Warnings" in md and "metrics.csv has 1 epoch row(s)" in md
     [row] = list(csv.DictReader((tmp_path / "rep" / "report.csv").open()))
     assert row["n"] == "3"  # a warning, not a reason to leave a run out
+
+
+def test_groups_of_one_experiment_are_labelled_by_the_settings_that_tell_them_apart(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    runs = tmp_path / "runs"
+    for lr_inv in (256, 1024):
+        for seed in (1, 2):
+            make_run(runs / f"lr{lr_inv}-{seed}", experiment="custom", trainer="default", seed=seed,
+                     group=f"g{lr_inv}", overrides=(f"optimizer.lr_inv={lr_inv}",), curve=[0.5, 0.6])
+    make_run(runs / "paper", experiment="paper/mlp1_mnist", trainer="paper", seed=1, group="p")  # alone
+    res = subprocess.run([str(NITRO), "report", f"runs={runs}", f"out={tmp_path / 'rep'}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "custom optimizer.lr_inv=256" in res.stdout and "custom optimizer.lr_inv=1024" in res.stdout
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| custom optimizer.lr_inv=256 | default | g256 | 1-2 | 2 |" in md
+    assert "| custom optimizer.lr_inv=1024 | default | g1024 | 1-2 | 2 |" in md
+    assert "| paper/mlp1_mnist | paper | p | 1 | 1 |" in md  # nothing to tell apart
+    assert ("| Epoch | paper/mlp1_mnist [paper] p | custom optimizer.lr_inv=256 [default] g256 | "
+            "custom optimizer.lr_inv=1024 [default] g1024 |") in md  # in the order of the values
+    rows = {r["group"]: r for r in csv.DictReader((tmp_path / "rep" / "report.csv").open())}
+    assert {g: r["differs"] for g, r in rows.items()} == {"g256": "optimizer.lr_inv=256",
+                                                          "g1024": "optimizer.lr_inv=1024", "p": ""}
+
+    drawn: list[str] = []  # the legend entries and tick labels of the plots, as drawn
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.extend(
+        t.get_text() for ax in fig.axes for t in [*ax.get_xticklabels(),
+                                                  *(ax.get_legend().get_texts() if ax.get_legend() else [])]))
+    write_report(collect_runs([runs]), tmp_path / "rep2")
+    assert "custom optimizer.lr_inv=256 [default] g256 (n=2)" in drawn
+    assert "custom optimizer.lr_inv=1024 [default] g1024 (n=2)" in drawn
+
+
+def test_many_differing_settings_are_shortened_in_labels_and_complete_in_the_csv(tmp_path: Path) -> None:
+    for i, (hidden, lr_inv, amp, dropout, seed) in enumerate([(16, 256, 2, 0.1, 1), (32, 1024, 3, 0.2, 4)]):
+        make_run(tmp_path / str(i), experiment="custom", trainer="default", seed=seed, group=f"g{i}",
+                 overrides=(f"model.hidden=[{hidden},{hidden}]", f"optimizer.lr_inv={lr_inv}",
+                            f"optimizer.amp={amp}", f"model.dropout={dropout}"))
+    make_run(tmp_path / "mini", experiment="custom", trainer="default", seed=1, group="g2",
+             overrides=("data=mnist",))
+    report = collect_runs([tmp_path])
+    a, b, c = sorted(report.groups, key=lambda g: g.group)
+    assert a.differs == ("data.name=mnist_mini", "model.dropout=0.1", "model.hidden=[16,16]",
+                         "optimizer.amp=2", "optimizer.lr_inv=256")  # not the seed
+    assert a.label == "custom data.name=mnist_mini model.dropout=0.1 model.hidden=[16,16] +2 more"
+    assert b.label == "custom data.name=mnist_mini model.dropout=0.2 model.hidden=[32,32] +2 more"
+    assert c.label == "custom data.name=mnist model.dropout=0.0 model.hidden=[100,50] +2 more"
+    assert c.differs[2:] == ("model.hidden=[100,50]", "optimizer.amp=null", "optimizer.lr_inv=512")

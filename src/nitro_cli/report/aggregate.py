@@ -1,21 +1,28 @@
 """Grouping completed runs into experiments and computing mean ± sigma over seeds, beside the paper.
 
 A group is (experiment, protocol, config hash): runs that differ only in seed, one run per seed (a seed
-run twice, or continued into another folder, counts once: its newest completed run). Sigma is the
-population std (ddof=0), the statistic the paper's README doubles for its ±.
+run twice, or continued into another folder, counts once: its newest completed run). Groups of one
+experiment and protocol are labelled by the settings in which they differ (`optimizer.lr_inv=256` vs
+`optimizer.lr_inv=1024`), since a hash tells a reader nothing. Sigma is the population std (ddof=0), the
+statistic the paper's README doubles for its ±.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .identity import Identity
+from .identity import Identity, group_settings
 from .paper import PAPER_MAX_EPOCHS, PAPER_ROWS, PaperRow, paper_row
 from .runs import Run
+
+# The key that names each section's preset: when it differs, the section's other keys follow from it.
+PRESET_KEYS = {"data": "data.name", "model": "model.preset", "optimizer": "optimizer.name",
+               "compat": "compat.name"}
 
 PROTOCOL_NOTES = {
     "paper": "best test accuracy over epochs, scored on whole test batches of 64 (the paper's protocol: "
@@ -51,15 +58,22 @@ class Group:
     paper: PaperRow | None  # the paper row this group reproduces exactly (apart from its epoch budget)
     modified: tuple[str, ...]  # keys in which it differs from the paper row its experiment names
     duplicates: list[Run]  # older runs of a seed that is in `runs`, left out
+    # "key=value" for each setting whose value differs between the groups of this experiment and protocol
+    differs: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
-        """The experiment, marked when it only names a paper row."""
-        if not self.modified:
-            return self.experiment
-        keys = ", ".join(self.modified[:3]) + (f" +{len(self.modified) - 3} more" if len(self.modified) > 3
-                                                else "")
-        return f"{self.experiment} (modified: {keys})"
+        """The experiment, marked when it only names a paper row, then the settings that tell it apart from
+        the other groups of its experiment and protocol: a section whose preset differs by that preset's
+        name alone (`compat.name=reference`, not every compat.* key that follows from it), at most three
+        (report.csv has them all). The mark names only modified keys that the settings do not show."""
+        keys = {item.split("=", 1)[0] for item in self.differs}
+        shown = tuple(item for item in self.differs if not _follows_from_preset(item.split("=", 1)[0], keys))
+        text = self.experiment
+        if self.modified:
+            unshown = tuple(k for k in self.modified if k not in keys)
+            text += f" (modified: {_first_three(unshown, ', ')})" if unshown else " (modified)"
+        return f"{text} {_first_three(shown, ' ')}" if shown else text
 
     @property
     def epochs(self) -> str:
@@ -116,6 +130,16 @@ class Group:
         return epochs, mean, std, count
 
 
+def _follows_from_preset(key: str, differing: set[str]) -> bool:
+    """Whether `key` is in a section whose preset is among the `differing` keys (and is not that preset)."""
+    preset = PRESET_KEYS.get(key.split(".", 1)[0])
+    return preset is not None and preset != key and preset in differing
+
+
+def _first_three(items: tuple[str, ...], sep: str) -> str:
+    return sep.join(items[:3]) + (f" +{len(items) - 3} more" if len(items) > 3 else "")
+
+
 def _common(values: Iterable[str]) -> str:
     distinct = sorted(set(values))
     return distinct[0] if len(distinct) == 1 else "/".join(distinct)
@@ -150,13 +174,47 @@ def group_runs(runs: Iterable[tuple[Run, Identity]]) -> list[Group]:
                 duplicates=sorted((r for r in members if r not in kept), key=lambda r: str(r.path)),
             )
         )
+    tell_apart(groups)
     return sorted(groups, key=_order)
+
+
+def tell_apart(groups: list[Group]) -> None:
+    """Set `differs` of the groups that share an experiment and a protocol: the settings whose values are
+    not the same in all of them (each group's runs share their settings, apart from the seed)."""
+    kinds: dict[tuple[str, str], list[Group]] = defaultdict(list)
+    for g in groups:
+        kinds[(g.experiment, g.protocol)].append(g)
+    for members in kinds.values():
+        if len(members) < 2:
+            continue
+        shown = [{k: override_value(v) for k, v in group_settings(g.runs[0].config).items()} for g in members]
+        keys = sorted(k for k in set().union(*shown) if len({s.get(k, "(absent)") for s in shown}) > 1)
+        for g, s in zip(members, shown, strict=True):
+            g.differs = tuple(f"{k}={s.get(k, '(absent)')}" for k in keys)
+
+
+def override_value(v: object) -> str:
+    """A config value as it is written in an override: null, true, 0.5, [16,16], {a: 1}."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, list | tuple):
+        return "[" + ",".join(override_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {override_value(x)}" for k, x in v.items()) + "}"
+    return str(v)
 
 
 def _order(g: Group) -> tuple:
     rows = list(PAPER_ROWS)
     rank = rows.index(g.paper.row) if g.paper is not None else len(rows)
-    return (rank, g.experiment, g.modified, g.protocol != "paper", g.protocol, g.group)
+    return (rank, g.experiment, g.modified, g.protocol != "paper", g.protocol, _natural(g.differs), g.group)
+
+
+def _natural(items: tuple[str, ...]) -> list[tuple[tuple[int, int | str], ...]]:
+    """A sort key that puts optimizer.lr_inv=256 before optimizer.lr_inv=1024 (numbers as numbers)."""
+    return [tuple((0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", s)) for s in items]
 
 
 def format_seeds(seeds: Iterable[int | None]) -> str:

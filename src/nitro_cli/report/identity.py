@@ -110,3 +110,11 @@ def _with_legacy_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(optimizer, dict):
             optimizer.setdefault("conv_amp_multiplier", str(model.get("preset", "")).startswith("vgg"))
     return out
+
+
+def group_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's config as dotted keys ("optimizer.lr_inv"), with the keys added since it was written, and
+    without the keys that never separate two groups (IGNORED, except trainer.max_epochs: another budget is
+    another group). What a report compares to tell the groups of one experiment apart."""
+    return {k: v for k, v in _flat(_with_legacy_keys(cfg)).items()
+            if k == "trainer.max_epochs" or not _ignored(k)}

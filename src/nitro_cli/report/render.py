@@ -155,7 +155,8 @@ def per_epoch_lines(groups: list[Group]) -> list[str]:
 
 
 CSV_COLUMNS = [
-    "experiment", "modified", "protocol", "group", "model", "data", "n", "seeds", "epochs_run", "max_epochs",
+    "experiment", "modified", "differs", "protocol", "group", "model", "data", "n", "seeds", "epochs_run",
+    "max_epochs",
     "final_test_acc_mean_pct", "final_test_acc_std_pct",
     "best_test_acc_mean_pct", "best_test_acc_std_pct", "best_test_acc_2std_pct",
     "paper_mean_pct", "paper_std_pct", "paper_2std_pct", "delta_pts", "fp_les_pct", "fp_bp_pct",
@@ -171,7 +172,8 @@ def write_csv(path: Path, groups: list[Group]) -> None:
         for g in groups:
             p = g.paper
             w.writerow({
-                "experiment": g.experiment, "modified": " ".join(g.modified), "protocol": g.protocol,
+                "experiment": g.experiment, "modified": " ".join(g.modified), "differs": " ".join(g.differs),
+                "protocol": g.protocol,
                 "group": g.group, "model": g.model, "data": g.data, "n": g.n,
                 "seeds": " ".join("?" if s is None else str(s) for s in g.seeds),
                 "epochs_run": " ".join(str(r.epochs_run) for r in g.runs),
@@ -243,7 +245,7 @@ def plot_vs_paper(path: Path, groups: list[Group]) -> bool:
     for ax, (row, gs) in zip(axes.flat, rows.items(), strict=False):
         paper = gs[0].paper
         assert paper is not None
-        names = ["paper"] + [f"ours [{g.protocol}]\n{g.group}" for g in gs]
+        names = ["paper"] + [f"ours [{g.protocol}]\n{' '.join(g.differs) or g.group}" for g in gs]
         means = [paper.mean] + [100 * g.best.mean for g in gs]
         sigmas = [paper.sigma] + [100 * g.best.std for g in gs]
         colors = ["tab:gray"] + ["tab:blue" if g.protocol == "paper" else "tab:orange" for g in gs]
