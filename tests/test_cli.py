@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import resource
 import shlex
@@ -209,6 +210,62 @@ def test_refused_commands_end_in_one_line_and_touch_nothing(nitro, tiny_run: Pat
 def test_a_refused_command_leaves_no_folder_behind(nitro, tmp_path: Path, args: list[str]) -> None:
     clean_error(nitro(*args))
     assert list(tmp_path.iterdir()) == []
+
+
+def _stand_in(path: Path, kind: str) -> None:
+    """Put something that is not what belongs at `path` there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "symlink loop":
+        (path.parent / "other").symlink_to(path.name)
+        path.symlink_to("other")
+    elif kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    else:  # a link to nothing
+        path.symlink_to(path.parent / "nowhere")
+
+
+@pytest.mark.parametrize(("where", "kind", "needle"), [
+    ("file", "symlink loop", "is a symlink loop"),
+    ("file", "FIFO", "is a FIFO (named pipe), not a regular file, where a dataset file belongs"),
+    ("file", "folder", "is a folder, not a regular file, where a dataset file belongs"),
+    ("file", "dangling", "is a broken symbolic link"),
+    ("folder", "FIFO", "is a FIFO (named pipe), not a folder, where a folder belongs"),
+    ("root", "symlink loop", "the data root {root} is a symlink loop"),
+    ("root", "FIFO", "the data root {root} is a FIFO (named pipe), not a folder"),
+])
+def test_a_dataset_path_that_is_not_a_file_is_called_what_it_is(nitro, tmp_path: Path, where: str, kind: str,
+                                                                 needle: str) -> None:
+    """is_file() is False for all of these: they used to be reported as missing files."""
+    root = tmp_path / "data"
+    path = {"file": root / "MNIST/raw/train-images-idx3-ubyte", "folder": root / "MNIST/raw",
+            "root": root}[where]
+    _stand_in(path, kind)
+    res = nitro("train", "data=mnist", f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    message = clean_error(res, "dataset 'mnist'", needle.format(root=root), str(path))
+    assert "missing" not in message
+    assert not (tmp_path / "run").exists()
+
+
+LONG = "x" * 300  # a name longer than the 255 bytes a file name may have
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["train", "data=mnist", f"data.root={LONG}"], ["dataset 'mnist'", "file name too long", "300 bytes",
+                                                    "set data.root (or $NITRO_DATA) to a path with shorter"]),
+    (["train", f"data={LONG}"], ["unknown data preset 'xxxx", "(300 characters)", "choose one of: cifar10"]),
+    (["train", f"experiment=paper/{LONG}"], ["unknown experiment preset 'paper/xxxx", "paper/mlp1_mnist"]),
+    (["train", f"hydra.run.dir={LONG}/run"], ["file name too long", "300 bytes"]),
+    (["train", f"resume={LONG}/last.npz"], ["file name too long", "300 bytes"]),
+    (["eval", f"ckpt={LONG}/best.npz"], ["checkpoint: file name too long", "300 bytes"]),
+    (["export", f"ckpt={LONG}/best.npz"], ["checkpoint: file name too long", "300 bytes"]),
+    (["data", "list", "--root", LONG], ["file name too long", "300 bytes"]),
+])
+def test_a_name_too_long_is_called_that(nitro, args: list[str], needles: list[str]) -> None:
+    """Not an "invalid override" with a hint about config groups, nor a traceback."""
+    message = clean_error(nitro(*args, timeout=60), *needles)
+    assert "invalid override" not in message and "config groups" not in message and LONG not in message
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(nitro, tmp_path: Path) -> None:

@@ -84,6 +84,16 @@ def test_list_states(tmp_path, capsys, monkeypatch):
     assert "present" in out
 
 
+def test_list_says_what_stands_where_a_file_belongs(tmp_path, capsys):
+    """A FIFO where a dataset file belongs is no missing file (and is never opened: that would block)."""
+    raw = tmp_path / "MNIST/raw"
+    raw.mkdir(parents=True)
+    os.mkfifo(raw / "train-images-idx3-ubyte")
+    assert main(["list", "--root", str(tmp_path)]) == 0
+    rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines() if line.startswith("│ ")}
+    assert "corrupt" in rows["mnist"] and "is a FIFO (named pipe), not a regular file" in rows["mnist"]
+
+
 def test_list_real_datasets(capsys):
     import os
 

@@ -15,9 +15,10 @@ import re
 import sys
 from collections.abc import Callable
 from importlib import resources
+from pathlib import Path
 
 from . import __version__
-from .errors import NitroError
+from .errors import NitroError, os_error_text, shortened
 
 USAGE = f"""\
 nitro {__version__}: integer-only NITRO-D training, evaluation and reports.
@@ -63,6 +64,31 @@ def _group_options(group: str) -> list[str]:
     return found
 
 
+def _unknown_preset(path: str, command: str, options: list[str] | None = None) -> str:
+    """The message for `group=name` where `path` ("data/mnsit", "experiment/paper/row") is no preset."""
+    group, _, name = path.rpartition("/")
+    if not group.startswith("hydra/") and "/" in group:  # nested presets: experiment=paper/row
+        group, _, sub = group.partition("/")
+        name = f"{sub}/{name}"
+    options = options or _group_options(group)
+    if options:
+        return (f"unknown {group} preset '{shortened(name)}'; choose one of: {', '.join(options)} "
+                f"(e.g. nitro {command} {group}={options[0]})")
+    return f"unknown {group} preset '{shortened(name)}'; see `nitro {command} --help` for the config groups"
+
+
+def os_error_message(exc: OSError, command: str) -> str:
+    """One paragraph for an OSError raised before the task runs, about a path the command names: Hydra
+    looking for a preset file (`data=<a 300-character name>`), or the checks looking at hydra.run.dir,
+    resume or a data root. Not an "invalid override" with a hint about config groups: the override is
+    well formed, the path is what the system refuses."""
+    configs = Path(str(resources.files("nitro_cli.configs")))
+    name = Path(os.fsdecode(exc.filename)) if exc.filename is not None else None
+    if name is not None and name.suffix == ".yaml" and name.is_relative_to(configs):
+        return _unknown_preset(name.relative_to(configs).with_suffix("").as_posix(), command)
+    return os_error_text(exc)
+
+
 def hydra_error_message(exc: BaseException, command: str) -> str:
     """One paragraph for a Hydra/OmegaConf error: what is wrong and how to fix it."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -76,15 +102,7 @@ def hydra_error_message(exc: BaseException, command: str) -> str:
     if isinstance(exc, MissingConfigException):
         m = re.search(r"Could not find '([^']+)'", text)
         if m:
-            group, _, name = m.group(1).rpartition("/")
-            if not group.startswith("hydra/") and "/" in group:  # nested presets: experiment=paper/row
-                group, _, sub = group.partition("/")
-                name = f"{sub}/{name}"
-            options = list(exc.options or []) or _group_options(group)
-            if options:
-                return (f"unknown {group} preset {name!r}; choose one of: {', '.join(options)} "
-                        f"(e.g. nitro {command} {group}={options[0]})")
-            return f"unknown {group} preset {name!r}; see `nitro {command} --help` for the config groups"
+            return _unknown_preset(m.group(1), command, list(exc.options or []))
     if isinstance(exc, OverrideParseException):
         return (f"cannot parse the overrides: {text.splitlines()[0]}. Write them as key=value (lists as "
                 "key=[1,2], quote strings with spaces); see https://hydra.cc/docs/advanced/override_grammar/basic/")
@@ -155,6 +173,8 @@ def user_error_message(exc: BaseException, command: str) -> str | None:
                 "submitit_local and joblib run on this machine)")
     if isinstance(exc, HydraException | OmegaConfBaseException):
         return hydra_error_message(exc, command)
+    if isinstance(exc, OSError) and not getattr(exc, "nitro_in_task", False):
+        return os_error_message(exc, command)
     if isinstance(exc, Exception) and not getattr(exc, "nitro_in_task", False):
         return (f"invalid override: {hydra_error_message(exc, command)} (`nitro {command} --help` lists the "
                 "config groups and their presets)")

@@ -17,7 +17,7 @@ from rich.table import Table
 from nitro_cli.data import DATASETS, data_root, verify_dataset
 from nitro_cli.data.readers import FileStatus, dataset_files, embedded_path
 from nitro_cli.data.registry import DatasetInfo, dataset_info
-from nitro_cli.errors import NitroError
+from nitro_cli.errors import NitroError, os_error_text
 
 _TORCHVISION_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 
@@ -178,6 +178,9 @@ def main(argv: list[str]) -> int:
         return cmd_list(args, console) if args.command == "list" else cmd_fetch(args, console)
     except NitroError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a --root the system refuses (a name too long, no permission)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
 
 

@@ -6,10 +6,13 @@ names the file and says how to get a good copy, so a bad download never becomes 
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
+import os
 import pickle
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from nitro_cli.data.registry import (
     data_root,
     dataset_info,
 )
-from nitro_cli.errors import NitroError
+from nitro_cli.errors import NitroError, name_too_long
 
 try:  # NumPy 2 moved the array reconstructor; genuine CIFAR pickles name the NumPy 1 module.
     from numpy._core.multiarray import _reconstruct
@@ -63,14 +66,60 @@ class FileStatus:
 # --------------------------------------------------------------------------------------------- locating
 
 
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a regular file; False, not an error, for anything else, a name too long included
+    (`_obstacle` says what is there)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _locate(root: Path, spec: FileSpec) -> Path | None:
     """The file for `spec` under `root`: the uncompressed one if present, else its .gz, else None."""
     plain = root / spec.path
-    if plain.is_file():
+    if _is_file(plain):
         return plain
     gz = root / (spec.path + ".gz")
-    if spec.gz_ok and gz.is_file():
+    if spec.gz_ok and _is_file(gz):
         return gz
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISREG, "a regular file")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _obstacle(root: Path, rel: str) -> tuple[Path, str] | None:
+    """The first thing on the way from the data root to the file `rel` under it that is not what it should
+    be (a folder on the way, a regular file at the end), with what it is; None when there is simply nothing
+    there (or the file itself).
+
+    `is_file()` is False for a symlink loop, a FIFO, a folder or a name too long alike; calling them all
+    `missing` sent users looking for a file that was there, or fetching a dataset they had.
+    """
+    steps = [root, *(root / p for p in reversed(Path(rel).parents[:-1])), root / rel]
+    for i, step in enumerate(steps):
+        want = "a regular file" if i == len(steps) - 1 else "a folder"
+        try:
+            mode = step.stat().st_mode
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return step, "is a symlink loop (its symbolic links lead back to themselves)"
+            if e.errno == errno.ENAMETOOLONG:
+                return step, name_too_long(step)
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                return step, f"cannot be read ({e.strerror})"
+            if os.path.islink(step):
+                return step, f"is a broken symbolic link (to {os.readlink(step)}, which does not exist)"
+            return None
+        if _kind(mode) != want:
+            return step, f"is {_kind(mode)}, not {want}"
     return None
 
 
@@ -90,9 +139,30 @@ def _shown(root: Path, spec: FileSpec) -> str:
     return str(root / spec.path) + ("[.gz]" if spec.gz_ok else "")
 
 
+def _absent_file(root: Path, spec: FileSpec) -> tuple[Path, str]:
+    """Where the file for `spec` is not found and why: what stands in its way (see `_obstacle`) or that
+    it is missing."""
+    for rel in (spec.path, spec.path + ".gz") if spec.gz_ok else (spec.path,):
+        found = _obstacle(root, rel)
+        if found is not None:
+            return found
+    return Path(_shown(root, spec)), "missing"
+
+
 def _missing_error(info: DatasetInfo, root: Path, spec: FileSpec) -> NitroError:
-    return NitroError(f"dataset {info.name!r}: missing file {_shown(root, spec)} (data root {root}); "
-                      f"{info.instructions}")
+    path, problem = _absent_file(root, spec)
+    if problem == "missing":
+        return NitroError(f"dataset {info.name!r}: missing file {path} (data root {root}); "
+                          f"{info.instructions}")
+    if problem.startswith("file name too long"):
+        return NitroError(f"dataset {info.name!r}: cannot read its files under the data root: {problem}; "
+                          "set data.root (or $NITRO_DATA) to a path with shorter names")
+    if path == root:
+        return NitroError(f"dataset {info.name!r}: the data root {root} {problem}; point data.root (or "
+                          "$NITRO_DATA) at the folder that holds the datasets")
+    where = "a dataset file" if path in (root / spec.path, root / (spec.path + ".gz")) else "a folder"
+    return NitroError(f"dataset {info.name!r}: {path} {problem}, where {where} belongs (data root {root}); "
+                      f"delete it and {info.instructions}")
 
 
 def _bad_file(info: DatasetInfo, path: Path, problem: str) -> NitroError:
@@ -348,7 +418,8 @@ def dataset_sizes(name: str, root: str | None = None) -> tuple[int, int]:
 def _check_file(info: DatasetInfo, root: Path, spec: FileSpec) -> FileStatus:
     path = _locate(root, spec)
     if path is None:
-        return FileStatus(Path(_shown(root, spec)), False, "missing")
+        absent, problem = _absent_file(root, spec)
+        return FileStatus(absent, False, problem)
     try:
         md5, size = file_digest(path, "md5")
     except _READ_ERRORS as e:

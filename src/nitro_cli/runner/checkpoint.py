@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NitroError
+from ..errors import NitroError, os_error_text
 
 FORMAT = "nitro-d-checkpoint"
 VERSION = 1
@@ -123,10 +124,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and verify a checkpoint; any problem (missing, truncated, corrupt, foreign, pickled, tampered)
     raises NitroError with a one-line message. Nothing in the file is ever unpickled or executed."""
     path = Path(path)
-    if not path.exists():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
         raise NitroError(f"checkpoint {path} does not exist; pass the path of a checkpoints/last.npz or "
-                         "best.npz written by `nitro train`")
-    if not path.is_file():
+                         "best.npz written by `nitro train`") from None
+    except OSError as exc:  # a symlink loop, a name too long: not "does not exist", nor a traceback
+        raise NitroError(f"checkpoint: {os_error_text(exc)}; pass the path of a checkpoints/last.npz or "
+                         "best.npz written by `nitro train`") from None
+    if not stat.S_ISREG(mode):
         raise NitroError(f"checkpoint {path} is not a file; pass the path of a checkpoints/*.npz file")
     try:
         with path.open("rb") as fh:
