@@ -17,7 +17,7 @@ from .paper import PaperRow, paper_row
 
 # Keys that do not make a run another experiment. trainer.max_epochs is shown as the budget instead.
 IGNORED = ("seed", "resume", "engine", "data.root", "trainer.progress", "trainer.eval_batch_size",
-           "trainer.max_epochs")
+           "trainer.max_epochs", "logger")
 # Keys of the trainer section that do not make it another protocol.
 _NOT_PROTOCOL = ("name", "max_epochs", "progress", "eval_batch_size")
 # Keys that older nitro versions did not write, with the value that describes what those versions did.

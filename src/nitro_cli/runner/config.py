@@ -99,6 +99,32 @@ def _optional_section(schema: Schema) -> Check:
 
 _WATCH = {"patience": _int(1), "start_epoch": _int(0), "min_delta": _float(0.0, 1.0)}
 
+# The loggers a run may select (configs/logger/), each with its settings; every setting may be left out
+# (null: the default the preset describes). `csv` stands for metrics.csv and summary.json, always written.
+LOGGERS: dict[str, Schema] = {
+    "csv": {},
+    "tensorboard": {"save_dir": _str(optional=True)},
+    "mlflow": {"tracking_uri": _str(optional=True), "experiment_name": _str(optional=True),
+               "run_name": _str(optional=True)},
+}
+
+
+def _loggers(v: Any, key: str) -> Any:
+    if not isinstance(v, Mapping):
+        raise NitroError(f"{key} must be a mapping of loggers, got {v!r}; select them with e.g. "
+                         "logger=tensorboard or 'logger=[tensorboard,mlflow]'")
+    unknown = sorted(set(v) - set(LOGGERS))
+    if unknown:
+        raise NitroError(f"unknown logger {key}.{unknown[0]}; the loggers are {', '.join(LOGGERS)} "
+                         "(e.g. logger=tensorboard, or 'logger=[tensorboard,mlflow]')")
+    out = {}
+    for name, section in v.items():
+        if isinstance(section, Mapping) or section is None:  # settings left out take their default
+            section = {**dict.fromkeys(LOGGERS[name]), **(section or {})}
+        out[name] = _validate(section, LOGGERS[name], f"{key}.{name}")
+    return out
+
+
 TRAIN_SCHEMA: Schema = {
     "seed": _int(0, 2**63 - 1),
     "resume": _str(optional=True),
@@ -150,6 +176,7 @@ TRAIN_SCHEMA: Schema = {
         "limit_train_batches": _int(1, optional=True),
         "limit_test_batches": _int(1, optional=True),
     },
+    "logger": _loggers,
 }
 
 # Keys added after runs were already written, with the value that means what the older nitro did: a run
@@ -157,6 +184,8 @@ TRAIN_SCHEMA: Schema = {
 # at that value they leave the experiment identity (`experiment_group`) as it was.
 ADDED_KEYS: dict[tuple[str, str], Any] = {("trainer", "limit_train_batches"): None,
                                           ("trainer", "limit_test_batches"): None}
+# The loggers of a run config without a `logger` section (written before it existed, or `logger=null`).
+DEFAULT_LOGGERS: dict[str, Any] = {"csv": {}}
 
 
 def with_added_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,6 +194,8 @@ def with_added_keys(cfg: Mapping[str, Any]) -> dict[str, Any]:
     for (section, key), value in ADDED_KEYS.items():
         if isinstance(out.get(section), dict):
             out[section].setdefault(key, value)
+    if out.get("logger") is None:
+        out["logger"] = dict(DEFAULT_LOGGERS)
     return out
 
 
@@ -241,7 +272,25 @@ def validate_export_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 # Keys that do not change what a run computes: left out of the experiment identity.
 _NOT_IDENTITY = {("seed",), ("resume",), ("data", "root"), ("engine",), ("trainer", "progress"),
-                 ("trainer", "eval_batch_size")}
+                 ("trainer", "eval_batch_size"), ("logger",)}
+
+
+def hyperparameters(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config as dotted keys (`model.hidden`) with their values, as trackers show hyperparameters:
+    the experiment and its seed, without the keys that only say where and how a session runs."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Mapping[str, Any], path: tuple[str, ...]) -> None:
+        for k, v in node.items():
+            if (*path, k) in _NOT_IDENTITY and (*path, k) != ("seed",):
+                continue
+            if isinstance(v, Mapping) and v:
+                walk(v, (*path, k))
+            else:
+                out[".".join((*path, k))] = v
+
+    walk(cfg, ())
+    return out
 
 
 def experiment_group(cfg: Mapping[str, Any]) -> str:

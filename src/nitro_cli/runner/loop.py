@@ -42,7 +42,7 @@ LOG = "nitro_cli.runner"
 # Keys a resumed run may change; everything else must match the checkpoint's config.
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.progress", "trainer.eval_batch_size", "engine.backend",
                      "engine", "data.root", "resume", "trainer.limit_train_batches",
-                     "trainer.limit_test_batches")
+                     "trainer.limit_test_batches", "logger")
 
 
 class TrainingInterrupted(BaseException):
