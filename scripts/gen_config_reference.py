@@ -28,8 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "src" / "nitro_cli" / "configs"
 OUT = ROOT / "docs" / "reference" / "configs.md"
 
-COMMANDS = (("train", "nitro train"), ("eval", "nitro eval"), ("export", "nitro export"),
-            ("report", "nitro report"))
+# Each top-level YAML file is a command's config (`nitro <name>`); these come first, in this order.
+FIRST_COMMANDS = ("train", "eval", "export", "report")
+# Hydra plugin groups whose presets are documented (hydra/help only holds display templates).
+HYDRA_GROUPS = ("launcher", "sweeper")
 KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?:\s|$)")
 
 
@@ -233,10 +235,18 @@ class Reference:
             if names and len(holders) < len(files):  # a key of some presets only
                 shown_value += " (only in " + ", ".join(f"`{names[i]}`" for i in holders) + ")"
             self.lines.append(f"| `{full}` | {shown_value} | {_cell(meaning.text)} |")
-        self.lines.append("")
+        if self.lines[-1] == "|---|---|---|":  # no key of its own (e.g. a command that reuses train's)
+            del self.lines[-2:]
+        else:
+            self.lines.append("")
 
     def commands(self) -> None:
-        for name, command in COMMANDS:
+        def order(name: str) -> tuple[int, str]:
+            return (FIRST_COMMANDS.index(name) if name in FIRST_COMMANDS else len(FIRST_COMMANDS), name)
+
+        names = sorted((p.stem for p in self.configs.glob("*.yaml")), key=order)
+        for name in names:
+            command = f"nitro {name}"
             f = read_config(self.configs / f"{name}.yaml")
             self.lines += [f"## `{command}`", "", f.description, ""]
             groups = _defaults_list(f.values)
@@ -281,16 +291,19 @@ class Reference:
         if diffs:
             self.lines += [f"The other presets differ from `{group}={base}` in:", "", *diffs, ""]
 
-    def experiments(self) -> None:
-        files = self.group_files("experiment")
-        self.lines += ["## `experiment=`", "",
-                       "An experiment preset selects presets of the groups above and pins the keys it names "
-                       "(the other keys keep the values of those presets). The shipped ones are the paper's "
-                       "table rows:", ""]
+    def global_presets(self, group: str) -> None:
+        """A group whose presets are `@package _global_` (experiment=, ...): each selects presets of other
+        groups and pins keys anywhere, so a table of what each one sets."""
+        files = self.group_files(group)
+        intro = ("An experiment preset selects presets of the groups above and pins the keys it names (the "
+                 "other keys keep the values of those presets). The shipped ones are the paper's table rows:"
+                 if group == "experiment" else
+                 "Each preset selects presets of other groups and sets the keys it names:")
+        self.lines += [f"## `{group}=`", "", intro, ""]
         keys: list[tuple[str, ...]] = []
         for f in files.values():
             for p in _flat(f.values):
-                if p and p[0] not in ("defaults", "experiment") and p not in keys:
+                if p and p[0] not in ("defaults", group) and p not in keys:
                     keys.append(p)
         head = ["preset", "groups", *[f"`{'.'.join(p)}`" for p in keys]]
         self.lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -302,20 +315,26 @@ class Reference:
             self.lines.append("| " + " | ".join([f"`{name}`", groups, *cells]) + " |")
         self.lines.append("")
         for name, f in files.items():
-            self.lines.append(f"- `experiment={name}`: {f.description}")
+            self.lines.append(f"- `{group}={name}`: {f.description}")
         self.lines.append("")
 
-    def launchers(self) -> None:
-        folder = self.configs / "hydra" / "launcher"
+    def hydra_group(self, kind: str) -> None:
+        """hydra/<kind>=<preset> presets shipped with nitro (launchers, sweepers)."""
+        folder = self.configs / "hydra" / kind
         for path in sorted(folder.glob("*.yaml")):
             f = read_config(path)
-            name = path.stem
-            self.lines += [f"## `hydra/launcher={name}`", "", f.description, ""]
-            self.key_table([f], "hydra.launcher.", None, skip=("defaults",))
-            parents = ", ".join(f"`{g}`" for _, g in _defaults_list({"defaults": [
-                {"launcher": d} for d in f.values.get("defaults", []) if isinstance(d, str)]}))
+            self.lines += [f"## `hydra/{kind}={path.stem}`", "", f.description, ""]
+            self.key_table([f], f"hydra.{kind}.", None, skip=("defaults", "_target_"))
+            parents = [d for d in f.values.get("defaults") or [] if isinstance(d, str) and d != "_self_"]
             if parents:
-                self.lines += [f"It extends Hydra's {parents} launcher, whose other settings apply too.", ""]
+                shown = ", ".join(f"`{d}`" for d in parents)
+                self.lines += [f"It extends Hydra's {shown} {kind}, whose other settings apply too.", ""]
+
+    @staticmethod
+    def is_global(folder: Path) -> bool:
+        """Whether the group's presets are `# @package _global_` (they set keys anywhere)."""
+        return any("@package _global_" in "".join(p.read_text(encoding="utf-8").splitlines(True)[:3])
+                   for p in folder.rglob("*.yaml"))
 
     def render(self) -> str:
         train = read_config(self.configs / "train.yaml")
@@ -334,13 +353,24 @@ class Reference:
             "",
         ]
         self.commands()
-        self.lines += ["# Config groups of `nitro train`", ""]
+        self.lines += ["# Config groups", ""]
+        done = set()
         for group, preset in defaults.items():  # in the order of its defaults list
-            if group != "experiment" and (self.configs / group).is_dir():
+            folder = self.configs / group
+            if folder.is_dir() and not self.is_global(folder):
                 self.group(group, preset)
-        self.experiments()
-        self.lines += ["# Launchers", ""]
-        self.launchers()
+                done.add(group)
+        for folder in sorted(p for p in self.configs.iterdir() if p.is_dir() and p.name not in done):
+            if folder.name == "hydra" or folder.name.startswith("__") or not any(folder.rglob("*.yaml")):
+                continue
+            if self.is_global(folder):
+                self.global_presets(folder.name)
+            else:
+                self.group(folder.name, defaults.get(folder.name))
+        for kind in HYDRA_GROUPS:
+            if (self.configs / "hydra" / kind).is_dir():
+                self.lines += [f"# Hydra {kind}s", ""]
+                self.hydra_group(kind)
         while self.lines and self.lines[-1] == "":
             self.lines.pop()
         return "\n".join(self.lines) + "\n"
