@@ -34,6 +34,7 @@ from ..runner import (
 from ..runner.checkpoint import atomic_write_text
 from ..runner.prepare import check_data
 from ..runner.rundir import COMPLETED, busy_error, lock_folder, lock_holder, read_status, unlock_folder
+from ..track import check_loggers
 from .common import JobInterrupted, explicit_keys, plain_config, run_task, task_config
 
 
@@ -66,6 +67,7 @@ def plan_run(cfg: DictConfig, run_dir: Path, overrides: list[str], here: bool) -
         finished = finished_run(ckpt, composed) if read_status(run_dir) == COMPLETED else None
     if here and finished is None:
         check_data(composed)
+        check_loggers(composed["logger"])
         if composed["model"]["features"] is not None:  # custom VGG widths may not fit the images
             info = DATASETS[composed["data"]["name"]]
             build_network(composed, tuple(info.shape), info.num_classes, RngStreams(0).init)
@@ -95,7 +97,8 @@ def train(cfg: DictConfig) -> Summary | None:
             print(f"nothing to train: the run in {run_dir} {plan.finished}; left as it is", flush=True)
             return None
         _write_hydra_files(run_dir, plan.config)
-        return fit(plan.config, run_dir, resume=plan.ckpt)
+        sweep_dir = Path(hc.sweep.dir).absolute() if hc.mode == RunMode.MULTIRUN else None
+        return fit(plan.config, run_dir, resume=plan.ckpt, sweep_dir=sweep_dir)
     except TrainingInterrupted as exc:
         command = _continue_command(run_dir, plan.config)
         if _submitit_job():

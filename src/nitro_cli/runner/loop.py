@@ -31,8 +31,9 @@ from ..engine import BackendUnavailable, IntegerOverflowError, RngStreams, get_b
 from ..errors import NitroError
 from ..nn import Arithmetic, NitroNet, build_model
 from ..optim import ConstantSchedule, EarlyStopping, IntegerSGD, PlateauSchedule
+from ..track import Place, Trackers
 from .checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
-from .config import experiment_group, validate_train_config
+from .config import experiment_group, hyperparameters, validate_train_config
 from .prepare import Prepared, prepare_data
 from .progress import Display, console_handler, make_display
 from .rundir import COMPLETED, FAILED, INTERRUPTED, RUNNING
@@ -137,8 +138,8 @@ def resume_config(ckpt: Checkpoint, current: Mapping[str, Any], explicit: list[s
 class _Run:
     """The state of one training run between epochs (what a checkpoint stores besides the arrays)."""
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, log: logging.Logger) -> None:
-        self.cfg, self.run_dir, self.log = cfg, run_dir, log
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, log: logging.Logger, trackers: Trackers) -> None:
+        self.cfg, self.run_dir, self.log, self.trackers = cfg, run_dir, log, trackers
         self.ckpt_dir = run_dir / "checkpoints"
         self.epoch = 0  # epochs finished
         self.metrics: list[list[Any]] = []
@@ -148,6 +149,7 @@ class _Run:
         self.samples = 0
         self.started = time.monotonic()
         self.status, self.error = RUNNING, None
+        self.written: Summary | None = None  # the summary.json last written
         # The config in checkpoints/last.npz as it is on disk (None: none there yet). Until this session's
         # first save, that is the resumed checkpoint's, which may differ in what a resume may change.
         self.saved_cfg: Mapping[str, Any] | None = None
@@ -171,7 +173,7 @@ class _Run:
         }
 
     def write_summary(self) -> Summary:
-        summary = self.summary()
+        summary = self.written = self.summary()
         atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
@@ -315,11 +317,13 @@ def finished_run(ckpt: Checkpoint, cfg: Mapping[str, Any]) -> str | None:
         raise NitroError(f"cannot resume from {ckpt.path}: its run state is incomplete ({exc})") from None
 
 
-def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | None = None) -> Summary:
+def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | None = None,
+        sweep_dir: str | Path | None = None) -> Summary:
     """Train one run into `run_dir` and return its summary (also written to run_dir/summary.json).
 
     `cfg` is a plain mapping in the shape of configs/train.yaml (validated here). With `resume`, the run
-    continues from that checkpoint (its config must be `cfg`; see `resume_config`).
+    continues from that checkpoint (its config must be `cfg`; see `resume_config`). `sweep_dir`: the folder
+    of the sweep this run is a job of, where its trackers' records go by default (track/).
     Raises NitroError for user-fixable problems and TrainingInterrupted after Ctrl-C/SIGTERM.
     """
     cfg = validate_train_config(cfg)
@@ -330,7 +334,8 @@ def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | Non
     for stale in last_path.parent.glob(".*.npz.*.tmp"):  # left behind by a killed write
         stale.unlink(missing_ok=True)
     with _run_logger(run_dir, cfg["trainer"]["progress"]) as log:
-        run = _Run(cfg, run_dir, log)
+        place = Place(run_dir.absolute(), None if sweep_dir is None else Path(sweep_dir).absolute())
+        run = _Run(cfg, run_dir, log, Trackers(cfg["logger"], place, log, atomic_write_text))
         try:
             return _fit(run, resume)
         except TrainingInterrupted as exc:
@@ -346,6 +351,9 @@ def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | Non
             if nitro is not None:
                 raise nitro from exc
             raise
+        finally:
+            if run.written is not None:
+                run.trackers.finish(run.written)
 
 
 def _file_only(log: logging.Logger, text: str) -> None:
@@ -394,6 +402,7 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
     else:
         atomic_write_text(run.run_dir / "metrics.csv", _csv_text([header]))
     run.write_summary()  # after the restore: a run killed in its next epoch keeps the epochs it had
+    run.trackers.start(header, run.metrics, hyperparameters(cfg), run.summary())
     y_train = one_hot(data.train_y, data.num_classes)
     bs = t["batch_size"]
     n_train = len(data.train_y)
@@ -519,6 +528,7 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
         run.epoch, run.best, run.train_seconds, run.samples = before
         raise
     run.write_summary()
+    run.trackers.log_epoch(row, acc["n"] / max(acc["seconds"], 1e-9))
     val = "" if val_acc is None else f"  val {val_acc:.2%}"
     heads = " ".join(f"{a:.1%}" for a in test.head_accuracies)
     display.line(f"epoch {epoch}/{t['max_epochs']}  loss {train_loss:.3f}  train {train_acc:.2%}{val}  "
