@@ -45,7 +45,7 @@ TAGS = ("experiment", "seed", "compat", "group", "trainer", "nitro_commit")
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLflow SQLite store with its tables and no run. Creating the tables takes seconds (MLflow runs all
-    its migrations): the tests other than the first start from a copy of this one, in the default place."""
+    its migrations): the resume tests start from a copy of this one, in the default place."""
     db = tmp_path_factory.mktemp("store") / "mlflow.db"
     MlflowClient(f"sqlite:///{db}").search_experiments()
     return db
@@ -165,11 +165,14 @@ def test_tensorboard_and_mlflow_hold_every_epoch_the_config_and_the_summary(nitr
     assert not (tmp_path / "mlruns").exists()  # nothing written outside the run folder
 
 
-def test_a_sweep_is_one_view_in_each_tracker(nitro, tmp_path: Path, empty_store: Path) -> None:
+def test_a_sweep_is_one_view_in_each_tracker(nitro, tmp_path: Path) -> None:
+    """Two jobs at once (joblib) that share the sweep's new MLflow store: one of them creates its tables."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="needs the cluster extra")
     sweep = tmp_path / "sweep"
-    _with_store(sweep, empty_store)
-    res = nitro("train", "-m", "seed=1,2", *RUN, "logger=[tensorboard,mlflow]", f"hydra.sweep.dir={sweep}")
+    res = nitro("train", "-m", "seed=1,2", *RUN, "logger=[tensorboard,mlflow]", "hydra/launcher=joblib",
+                "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
     assert res.returncode == 0, res.stderr
+    assert "warning: logger" not in res.stdout
     runs = sorted(_mlflow_runs(sweep / "mlflow.db"), key=lambda r: r.data.tags["job"])
     assert [(r.data.tags["job"], r.data.tags["seed"], r.data.tags["sweep"]) for r in runs] == \
         [("0", "1", str(sweep)), ("1", "2", str(sweep))]

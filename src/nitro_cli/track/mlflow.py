@@ -51,8 +51,8 @@ class MlflowTracker(Tracker):
 
         for name in ("mlflow", "alembic"):  # a new store's table creation is no news for the user
             logging.getLogger(name).setLevel(logging.WARNING)
-        self.client = MlflowClient(self.uri)
-        with _store_lock(self.uri):  # the first use of a store creates its tables
+        with _store_lock(self.uri):  # the client's first use of a store creates its tables
+            self.client = MlflowClient(self.uri)
             experiment_id = self._experiment_id(self.experiment or tags["experiment"])
         params = {k: v if isinstance(v, str) else json.dumps(v) for k, v in hparams.items()}
         run = self._run(previous)
