@@ -207,9 +207,9 @@ def test_write_report_files(runs_root: Path, tmp_path: Path) -> None:
     assert "IntegerOverflowError" in text and "42-44" in text
 
     md = (out / "report.md").read_text()
-    assert ("| paper/mlp1_mnist | paper | aaaa1111 | 42-44 | 3 | 2-3 (stopped early, budget 3 of 150) | "
+    assert ("| paper/mlp1_mnist | paper | exact | aaaa1111 | 42-44 | 3 | 2-3 (stopped early, budget 3 of 150) | "
             "97.00 ± 0.16 | 97.40 ± 0.08 [0.16] |") in md
-    assert "| custom | default | bbbb2222 | 1-3 | 3 | 1 | 85.00 ± 4.08 | 85.00 ± 2.16 [4.32] | - | - |" in md
+    assert "| custom | default | exact | bbbb2222 | 1-3 | 3 | 1 | 85.00 ± 4.08 | 85.00 ± 2.16 [4.32] | - | - |" in md
     assert "± is the population σ" in md and "9,984 of 10,000 test images" in md and "every test image" in md
     assert "Failed or unfinished runs (3)" in md and "missing summary" in md and "layer fc1 would wrap" in md
     assert "| Epoch | paper/mlp1_mnist [paper] aaaa1111 | custom [default] bbbb2222 |" in md
@@ -217,6 +217,7 @@ def test_write_report_files(runs_root: Path, tmp_path: Path) -> None:
 
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert [r["experiment"] for r in rows] == ["paper/mlp1_mnist", "custom"]
+    assert [r["compat"] for r in rows] == ["exact", "exact"]
     assert float(rows[0]["best_test_acc_mean_pct"]) == pytest.approx(97.40)
     assert float(rows[0]["best_test_acc_std_pct"]) == pytest.approx(100 * math.sqrt(2 / 3) * 1e-3, abs=1e-6)
     assert float(rows[0]["delta_pts"]) == pytest.approx(0.04) and rows[0]["paper_2std_pct"] == "0.23"
@@ -316,6 +317,8 @@ def test_only_an_unmodified_paper_preset_is_compared_with_the_paper(tmp_path: Pa
              overrides=("trainer.name=paper",))
     make_run(tmp_path / "mine", experiment=exp, trainer="paper", seed=1, group="g5",
              overrides=("trainer.monitor=val", "trainer.val_fraction=0.1"))
+    make_run(tmp_path / "double", experiment=exp, trainer="paper", seed=1, group="g6",
+             overrides=("compat.cnn_linear_double_update=true",))
     groups = {g.group: g for g in collect_runs([tmp_path]).groups}
     assert groups["g1"].paper is PAPER_ROWS["mlp1_mnist"] and groups["g1"].modified == ()
     assert groups["g1"].epochs == "2 (budget 2 of 150)"
@@ -324,10 +327,17 @@ def test_only_an_unmodified_paper_preset_is_compared_with_the_paper(tmp_path: Pa
     assert groups["g2"].paper is None and groups["g2"].modified == ("data.name",)
     assert groups["g2"].label == (f"{exp} (modified) compat.name=exact data.name=mnist_mini "
                                   "trainer.max_epochs=3")
-    assert groups["g3"].label == (f"{exp} (modified) compat.name=reference data.name=mnist "
-                                  "trainer.max_epochs=3")
+    # the row under the reference's arithmetic is still the row, compared with the paper, its compat shown
+    assert groups["g3"].label == f"{exp} compat.name=reference data.name=mnist trainer.max_epochs=3"
     assert "compat.int32_accumulation=true" in groups["g3"].differs  # all of them in report.csv
-    assert groups["g3"].paper is None and "compat.name" in groups["g3"].modified
+    assert groups["g3"].paper is PAPER_ROWS["mlp1_mnist"] and groups["g3"].modified == ()
+    assert (groups["g1"].compat, groups["g3"].compat) == ("exact", "reference")
+    write_report(collect_runs([tmp_path]), tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"| {groups['g3'].label} | paper | reference | g3 |" in md
+    assert f"{groups['g3'].label} [paper, compat=reference] g3 |" in md  # the per-epoch table's column
+    assert groups["g6"].compat == "custom: cnn_linear_double_update" and groups["g6"].paper is None
+    assert groups["g6"].modified == ("compat.cnn_linear_double_update",)
     assert groups["g4"].protocol == "default"  # its trainer is the default one, whatever its name says
     assert groups["g5"].protocol == "custom" and groups["g5"].paper is None
     assert "trainer.monitor" in groups["g5"].modified
@@ -423,9 +433,9 @@ def test_groups_of_one_experiment_are_labelled_by_the_settings_that_tell_them_ap
     assert res.returncode == 0, res.stderr
     assert "custom optimizer.lr_inv=256" in res.stdout and "custom optimizer.lr_inv=1024" in res.stdout
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "| custom optimizer.lr_inv=256 | default | g256 | 1-2 | 2 |" in md
-    assert "| custom optimizer.lr_inv=1024 | default | g1024 | 1-2 | 2 |" in md
-    assert "| paper/mlp1_mnist | paper | p | 1 | 1 |" in md  # nothing to tell apart
+    assert "| custom optimizer.lr_inv=256 | default | exact | g256 | 1-2 | 2 |" in md
+    assert "| custom optimizer.lr_inv=1024 | default | exact | g1024 | 1-2 | 2 |" in md
+    assert "| paper/mlp1_mnist | paper | exact | p | 1 | 1 |" in md  # nothing to tell apart
     assert ("| Epoch | paper/mlp1_mnist [paper] p | custom optimizer.lr_inv=256 [default] g256 | "
             "custom optimizer.lr_inv=1024 [default] g1024 |") in md  # in the order of the values
     rows = {r["group"]: r for r in csv.DictReader((tmp_path / "rep" / "report.csv").open())}

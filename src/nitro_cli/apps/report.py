@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,10 @@ def compose_train(overrides: list[str]) -> dict[str, Any]:
 
 
 def shipped_presets() -> Presets:
-    """The paper rows and trainer presets that runs are compared with, composed from nitro's configs."""
-    return Presets(compose_train, tuple(p for p in PROTOCOL_NOTES if p != "custom"))
+    """The paper rows and the trainer and compat presets runs are compared with, from nitro's configs."""
+    compats = sorted(f.name.removesuffix(".yaml") for f in (files("nitro_cli.configs") / "compat").iterdir()
+                     if f.name.endswith(".yaml"))
+    return Presets(compose_train, tuple(p for p in PROTOCOL_NOTES if p != "custom"), tuple(compats))
 
 
 def _out_dir(cfg: DictConfig, hydra_dir: Path) -> Path:

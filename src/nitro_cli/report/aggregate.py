@@ -53,6 +53,7 @@ class Group:
     protocol: str
     group: str
     runs: list[Run]
+    compat: str  # the arithmetic: a compat preset's name, or "custom: <switches>"
     final: Stat  # test accuracy at the last epoch
     best: Stat  # the protocol's reported number (see PROTOCOL_NOTES)
     paper: PaperRow | None  # the paper row this group reproduces exactly (apart from its epoch budget)
@@ -167,6 +168,7 @@ def group_runs(runs: Iterable[tuple[Run, Identity]]) -> list[Group]:
                 protocol=identity.protocol,
                 group=gid,
                 runs=kept,
+                compat=identity.compat,
                 final=Stat.of(r.test_accuracy for r in kept),  # type: ignore[misc]
                 best=Stat.of(r.best_test_accuracy for r in kept),  # type: ignore[misc]
                 paper=identity.paper,

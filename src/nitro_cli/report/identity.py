@@ -30,18 +30,20 @@ Compose = Callable[[list[str]], dict[str, Any]]
 @dataclass(frozen=True)
 class Identity:
     """A run's protocol (a trainer preset's name, or "custom"), the paper row it reproduces (None when it is
-    not one), and the keys in which it differs from the row its `experiment` names."""
+    not one), the keys in which it differs from the row its `experiment` names, and its arithmetic (a compat
+    preset's name, or "custom: " and the switches it turns on)."""
 
     protocol: str
     paper: PaperRow | None
     modified: tuple[str, ...]
+    compat: str = "exact"
 
 
 class Presets:
     """The shipped presets a report compares runs with, composed on first use (composing takes a while)."""
 
-    def __init__(self, compose: Compose, protocols: tuple[str, ...]) -> None:
-        self.compose, self.protocols = compose, protocols
+    def __init__(self, compose: Compose, protocols: tuple[str, ...], compats: tuple[str, ...] = ()) -> None:
+        self.compose, self.protocols, self.compats = compose, protocols, compats
         self._cache: dict[tuple[str, ...], dict[str, Any]] = {}
 
     def config(self, *overrides: str) -> dict[str, Any]:
@@ -57,21 +59,33 @@ class Presets:
                 return name
         return "custom"
 
+    def compat(self, section: Mapping[str, Any]) -> str:
+        """The compat preset whose switches `section` has, whatever its name says; else "custom: " and the
+        switches that are on. A paper row run under a shipped arithmetic is still that row (its arithmetic
+        is shown beside it), so that `compat=reference` can be compared with the published numbers."""
+        mine = _without(section, ("name",))
+        for name in self.compats:
+            if mine == _without(self.config(f"compat={name}")["compat"], ("name",)):
+                return name
+        return "custom: " + (" ".join(sorted(k for k, on in mine.items() if on)) or "none")
+
 
 def identify(cfg: Mapping[str, Any], presets: Presets) -> Identity:
     """The identity of a run whose config (.hydra/config.yaml) is `cfg`."""
     cfg = _with_legacy_keys(cfg)
     protocol = presets.protocol(cfg.get("trainer") or {})
+    compat = presets.compat(cfg["compat"])
     experiment = str(cfg.get("experiment", ""))
     row = paper_row(experiment)
     if row is None:
-        return Identity(protocol, None, ())
+        return Identity(protocol, None, (), compat)
     pinned = presets.config(f"experiment={experiment}",
-                            f"trainer={protocol if protocol in presets.protocols else 'paper'}")
+                            f"trainer={protocol if protocol in presets.protocols else 'paper'}",
+                            *([f"compat={compat}"] if compat in presets.compats else []))
     mine, theirs = _flat(cfg), _flat(pinned)
     modified = tuple(sorted(k for k in mine.keys() | theirs.keys()
                             if not _ignored(k) and mine.get(k, _ABSENT) != theirs.get(k, _ABSENT)))
-    return Identity(protocol, None if modified else row, modified)
+    return Identity(protocol, None if modified else row, modified, compat)
 
 
 _ABSENT = object()

@@ -16,14 +16,19 @@ from rich.table import Table
 from .aggregate import PROTOCOL_NOTES, Group, format_seeds
 from .runs import Run
 
-HEADERS = ["Experiment", "Protocol", "Group", "Seeds", "n", "Epochs", "Final test acc %",
+HEADERS = ["Experiment", "Protocol", "Compat", "Group", "Seeds", "n", "Epochs", "Final test acc %",
            "Best test acc % [2σ]", "Paper % [2σ]", "Δ pts"]
-_TEXT_COLUMNS = ("Experiment", "Protocol", "Group", "Seeds", "Epochs")
+_TEXT_COLUMNS = ("Experiment", "Protocol", "Compat", "Group", "Seeds", "Epochs")
 
 
 def pct(x: float) -> str:
     """A fraction as a percentage with 2 decimals."""
     return f"{100.0 * x:.2f}"
+
+
+def _setting(g: Group) -> str:
+    """The protocol, and the arithmetic where it is not the exact default."""
+    return g.protocol if g.compat == "exact" else f"{g.protocol}, compat={g.compat}"
 
 
 def group_cells(g: Group) -> list[str]:
@@ -36,7 +41,7 @@ def group_cells(g: Group) -> list[str]:
         paper = f"{g.paper.mean:.2f} ± {g.paper.sigma:.2f} [{g.paper.plus_minus:.2f}]"
         delta = f"{g.delta_points:+.2f}"
     seeds = format_seeds(g.seeds)
-    return [g.label, g.protocol, g.group, seeds, str(g.n), g.epochs, final, best, paper, delta]
+    return [g.label, g.protocol, g.compat, g.group, seeds, str(g.n), g.epochs, final, best, paper, delta]
 
 
 def legend_lines(groups: list[Group]) -> list[str]:
@@ -138,7 +143,7 @@ def per_epoch_lines(groups: list[Group]) -> list[str]:
     all_epochs = sorted(set().union(*curves))
     if not all_epochs:
         return []
-    names = [_md_escape(f"{g.label} [{g.protocol}] {g.group}") for g in groups]
+    names = [_md_escape(f"{g.label} [{_setting(g)}] {g.group}") for g in groups]
     out = ["## Test accuracy per epoch (%)", "", "| Epoch | " + " | ".join(names) + " |",
            "|---:|" + "---:|" * len(groups)]
     for epoch in all_epochs:
@@ -155,8 +160,8 @@ def per_epoch_lines(groups: list[Group]) -> list[str]:
 
 
 CSV_COLUMNS = [
-    "experiment", "modified", "differs", "protocol", "group", "model", "data", "n", "seeds", "epochs_run",
-    "max_epochs",
+    "experiment", "modified", "differs", "protocol", "compat", "group", "model", "data", "n", "seeds",
+    "epochs_run", "max_epochs",
     "final_test_acc_mean_pct", "final_test_acc_std_pct",
     "best_test_acc_mean_pct", "best_test_acc_std_pct", "best_test_acc_2std_pct",
     "paper_mean_pct", "paper_std_pct", "paper_2std_pct", "delta_pts", "fp_les_pct", "fp_bp_pct",
@@ -173,7 +178,7 @@ def write_csv(path: Path, groups: list[Group]) -> None:
             p = g.paper
             w.writerow({
                 "experiment": g.experiment, "modified": " ".join(g.modified), "differs": " ".join(g.differs),
-                "protocol": g.protocol,
+                "protocol": g.protocol, "compat": g.compat,
                 "group": g.group, "model": g.model, "data": g.data, "n": g.n,
                 "seeds": " ".join("?" if s is None else str(s) for s in g.seeds),
                 "epochs_run": " ".join(str(r.epochs_run) for r in g.runs),
@@ -201,7 +206,7 @@ def _mean(values: list) -> float | None:
 
 
 def label(g: Group) -> str:
-    return f"{g.label} [{g.protocol}] {g.group} (n={g.n})"
+    return f"{g.label} [{_setting(g)}] {g.group} (n={g.n})"
 
 
 def plot_accuracy_per_epoch(path: Path, groups: list[Group]) -> bool:
@@ -245,7 +250,7 @@ def plot_vs_paper(path: Path, groups: list[Group]) -> bool:
     for ax, (row, gs) in zip(axes.flat, rows.items(), strict=False):
         paper = gs[0].paper
         assert paper is not None
-        names = ["paper"] + [f"ours [{g.protocol}]\n{' '.join(g.differs) or g.group}" for g in gs]
+        names = ["paper"] + [f"ours [{_setting(g)}]\n{' '.join(g.differs) or g.group}" for g in gs]
         means = [paper.mean] + [100 * g.best.mean for g in gs]
         sigmas = [paper.sigma] + [100 * g.best.std for g in gs]
         colors = ["tab:gray"] + ["tab:blue" if g.protocol == "paper" else "tab:orange" for g in gs]
