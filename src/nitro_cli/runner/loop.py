@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,9 @@ from .progress import Display, console_handler, make_display
 from .rundir import COMPLETED, FAILED, INTERRUPTED, RUNNING
 
 Summary = dict[str, Any]
+# Called after each epoch is on disk, with that epoch's metrics.csv row (column -> value); a non-empty return
+# stops the run there, as early stopping would, and says why (e.g. a search that prunes the trial).
+EpochHook = Callable[[dict[str, Any]], str | None]
 LOG = "nitro_cli.runner"
 # Keys a resumed run may change; everything else must match the checkpoint's config.
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.progress", "trainer.eval_batch_size", "engine.backend",
@@ -318,12 +321,13 @@ def finished_run(ckpt: Checkpoint, cfg: Mapping[str, Any]) -> str | None:
 
 
 def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | None = None,
-        sweep_dir: str | Path | None = None) -> Summary:
+        on_epoch: EpochHook | None = None, sweep_dir: str | Path | None = None) -> Summary:
     """Train one run into `run_dir` and return its summary (also written to run_dir/summary.json).
 
     `cfg` is a plain mapping in the shape of configs/train.yaml (validated here). With `resume`, the run
-    continues from that checkpoint (its config must be `cfg`; see `resume_config`). `sweep_dir`: the folder
-    of the sweep this run is a job of, where its trackers' records go by default (track/).
+    continues from that checkpoint (its config must be `cfg`; see `resume_config`). `on_epoch` (an EpochHook)
+    sees each finished epoch's metrics and may end the run after it. `sweep_dir`: the folder of the sweep
+    this run is a job of, where its trackers' records go by default (track/).
     Raises NitroError for user-fixable problems and TrainingInterrupted after Ctrl-C/SIGTERM.
     """
     cfg = validate_train_config(cfg)
@@ -337,7 +341,7 @@ def fit(cfg: Mapping[str, Any], run_dir: str | Path, *, resume: Checkpoint | Non
         place = Place(run_dir.absolute(), None if sweep_dir is None else Path(sweep_dir).absolute())
         run = _Run(cfg, run_dir, log, Trackers(cfg["logger"], place, log, atomic_write_text))
         try:
-            return _fit(run, resume)
+            return _fit(run, resume, on_epoch)
         except TrainingInterrupted as exc:
             run.status, run.error = INTERRUPTED, str(exc)
             _try_summary(run)
@@ -385,7 +389,7 @@ def _as_nitro_error(exc: BaseException, run: _Run) -> NitroError | None:
     return None
 
 
-def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
+def _fit(run: _Run, resume: Checkpoint | None, on_epoch: EpochHook | None) -> Summary:
     cfg, log = run.cfg, run.log
     t, o, d = cfg["trainer"], cfg["optimizer"], cfg["data"]
     xp = get_backend(cfg["engine"]["backend"])
@@ -438,7 +442,10 @@ def _fit(run: _Run, resume: Checkpoint | None) -> Summary:
                 _save_last(run, model, opt, plateau, early, rngs, data, {**acc_state, "epoch": epoch}, perm)
                 raise TrainingInterrupted(stop.signum, run.ckpt_dir / "last.npz", where)
             stop_now = _end_epoch(run, epoch, model, opt, plateau, early, rngs, data, acc_state, display)
-            if stop_now or stop.signum is not None:
+            hooked = on_epoch(dict(zip(header, run.metrics[-1], strict=True))) if on_epoch else None
+            if hooked:
+                display.line(f"stopped after epoch {epoch}: {hooked}")
+            if stop_now or hooked or stop.signum is not None:
                 break
         if stop.signum is not None and run.epoch < t["max_epochs"]:
             raise TrainingInterrupted(stop.signum, run.ckpt_dir / "last.npz", f"after epoch {run.epoch}")
