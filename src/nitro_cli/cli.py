@@ -1,7 +1,7 @@
-"""The `nitro` command: dispatches `train | eval | export | report | data` to thin apps.
+"""The `nitro` command: dispatches `train | tune | eval | export | report | data` to thin apps.
 
-train, eval, export and report are Hydra apps: the subcommand is dropped from sys.argv and the app's Hydra
-main is called, so Hydra's own flags keep working (`--help`, `--cfg job`, `-m`, overrides,
+train, tune, eval, export and report are Hydra apps: the subcommand is dropped from sys.argv and the
+app's Hydra main is called, so Hydra's own flags keep working (`--help`, `--cfg job`, `-m`, overrides,
 `hydra/launcher=...`).
 Every problem a user can cause ends as one `error:` paragraph on stderr and exit code 2, never a traceback.
 Set HYDRA_FULL_ERROR=1 to see the full traceback instead.
@@ -30,6 +30,7 @@ commands:
                                           nitro train experiment=paper/mlp1_mnist
                                           nitro train -m experiment=paper/mlp1_mnist seed='range(42,52)'
                                           nitro train resume=outputs/DATE/TIME/checkpoints/last.npz
+  tune     Optuna search (Hydra app)      nitro tune search=mlp1_mini [hydra/launcher=joblib]
   eval     evaluate a checkpoint          nitro eval ckpt=outputs/DATE/TIME/checkpoints/best.npz [data=mnist]
   export   integer-only ONNX or C99       nitro export ckpt=outputs/DATE/TIME/checkpoints/best.npz format=c
                                           nitro export ckpt=... format=onnx out=exports/mlp1 [heads=true]
@@ -38,7 +39,7 @@ commands:
 
 `nitro <command> --help` shows a command's options; `nitro train --cfg job` prints the composed config.
 """
-COMMANDS = ("train", "eval", "export", "report", "data")
+COMMANDS = ("train", "tune", "eval", "export", "report", "data")
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -298,7 +299,7 @@ def _completion_target(args: list[str]) -> tuple[str | None, list[str]]:
         prefix = words[1] if len(words) == 2 else ""
         print(" ".join(c for c in COMMANDS if c.startswith(prefix)))
         return None, []
-    if words[1] not in ("train", "eval", "export", "report"):
+    if words[1] not in ("train", "tune", "eval", "export", "report"):
         return None, []
     cut = len(words[0]) + 1 + len(words[1])  # drop " <subcommand>" but keep the program name
     os.environ["COMP_LINE"] = line[: len(words[0])] + line[cut:]
@@ -389,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "train":
             from .apps.train import main as app
+        elif command == "tune":
+            from .apps.tune import main as app
         elif command == "eval":
             from .apps.evaluate import main as app
         elif command == "export":

@@ -96,7 +96,7 @@ def train(cfg: DictConfig) -> Summary | None:
         if plan.finished is not None:
             print(f"nothing to train: the run in {run_dir} {plan.finished}; left as it is", flush=True)
             return None
-        _write_hydra_files(run_dir, plan.config)
+        write_hydra_files(run_dir, plan.config)
         sweep_dir = Path(hc.sweep.dir).absolute() if hc.mode == RunMode.MULTIRUN else None
         return fit(plan.config, run_dir, resume=plan.ckpt, sweep_dir=sweep_dir)
     except TrainingInterrupted as exc:
@@ -146,7 +146,7 @@ def _sweep_arguments(sweep_dir: Path) -> list[str]:
     return ["-m", *(o for o in overrides["hydra"] if o != "hydra.mode=MULTIRUN"), *overrides["task"]]
 
 
-def _write_hydra_files(run_dir: Path, config: dict[str, Any]) -> None:
+def write_hydra_files(run_dir: Path, config: dict[str, Any]) -> None:
     """.hydra/config.yaml (what this run is: the checkpoint's config when resuming), hydra.yaml and
     overrides.yaml, as Hydra would write them, but only for a run that passed its checks."""
     folder = run_dir / ".hydra"
