@@ -237,3 +237,25 @@ def test_a_job_without_its_dataset_fails_alone_and_nitro_names_it(nitro, tmp_pat
     _quiet_sacct(res.stdout, res.stderr)
     rows = _report_rows(nitro, sweep, tmp_path / "report")
     assert len(rows) == 1 and rows[0]["data"] == "mnist_mini" and rows[0]["n"] == "1", rows
+
+
+def test_a_search_runs_its_trials_as_slurm_jobs_against_one_study(nitro, tmp_path: Path) -> None:
+    optuna = pytest.importorskip("optuna", reason="needs the tune extra")
+    sweep = tmp_path / "study"
+    # Two trials at a time (array_parallelism): each one a SLURM job that opens its trial in the study's
+    # SQLite file in the sweep folder (a shared file system: one node here) and records its own end.
+    res = nitro("tune", "search=mlp1_mini", *SLURM, "hydra.launcher.array_parallelism=2",
+                "hydra.sweeper.n_trials=4", *JOB, f"hydra.sweep.dir={sweep}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr + res.stdout and "2 at a time (SlurmLauncher)" in res.stdout
+    _quiet_sacct(res.stdout, res.stderr)
+    study = optuna.load_study(study_name="study", storage=f"sqlite:///{sweep / 'study.db'}")
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    jobs = {t.user_attrs["slurm_job"] for t in study.trials}
+    assert len(jobs) == 4 and None not in jobs, jobs  # every trial ran in a job of its own
+    assert len(list(sweep.glob(".submitit/*_[01]/*_result.pkl"))) == 4  # two arrays of two, through sbatch
+    for t in study.trials:
+        assert _summary(Path(t.user_attrs["run_dir"]))["status"] == "completed"
+    best = json.loads((sweep / "best.json").read_text())
+    assert best["best_trial"] == study.best_trial.number and (sweep / "experiment" / "best.yaml").is_file()
