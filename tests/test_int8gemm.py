@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import nitro_cmd, nitro_env, params
+from conftest import TINY, nitro_cmd, nitro_env, params
 from nitro_cli.engine import (
+    BackendUnavailable,
     conv2d_nhwc,
     conv2d_weight_grad_nhwc,
     gemm_plan,
@@ -323,7 +324,7 @@ def test_8_bit_digits_only_where_the_worst_case_is_exact(monkeypatch):
         return int8gemm.backend()
 
     for chosen, message in (("torch", "failed the exactness self-test"), ("cuda", "use one of")):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(BackendUnavailable, match=message):
             chosen_backend(chosen)
     assert chosen_backend("") == chosen_backend("onnxruntime") == "onnxruntime"
     monkeypatch.setattr(int8gemm, "_matmul_s8s8", lambda a, b, threads: a.astype(np.int32) @ b)
@@ -560,3 +561,15 @@ def test_a_full_vgg8b_epoch_is_identical_on_the_int8_and_float64_paths(tmp_path)
         assert np.array_equal(value, int8_params[key]), key
     rows = {n: (runs[n] / "metrics.csv").read_text().splitlines() for n in runs}
     assert [r.rsplit(",", 1)[0] for r in rows["int8"]] == [r.rsplit(",", 1)[0] for r in rows["float"]]
+
+
+@pytest.mark.parametrize("chosen", ["foo", "torch"])
+def test_an_unusable_int8_library_ends_nitro_train_in_one_error_line(chosen: str, tmp_path) -> None:
+    if chosen == "torch" and int8gemm._torch_available():
+        pytest.skip("PyTorch is installed here: NITRO_INT8_BACKEND=torch is usable")
+    res = subprocess.run([*nitro_cmd(), "train", *TINY, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=180,
+                         env={**nitro_env(), "NITRO_INT8_BACKEND": chosen})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith("error: NITRO_INT8_BACKEND=") and chosen in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr

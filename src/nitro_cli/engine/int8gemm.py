@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from .backend import BackendUnavailable
+
 SAFE_BITS = 7
 VNNI_BITS = 8
 FLOAT64_EXACT = 2**53
@@ -186,10 +188,12 @@ def backend() -> str:
     if _BACKEND is None:
         chosen = os.environ.get("NITRO_INT8_BACKEND", "") or "onnxruntime"
         if chosen not in BACKENDS:
-            raise ValueError(f"NITRO_INT8_BACKEND={chosen!r}: use one of {', '.join(BACKENDS)}")
+            raise BackendUnavailable(f"NITRO_INT8_BACKEND={chosen!r}: use one of {', '.join(BACKENDS)}, or "
+                                     "unset it")
         if chosen == "torch" and not (_torch_available() and _worst_case_exact(SAFE_BITS, "torch")):
-            raise ValueError("NITRO_INT8_BACKEND=torch, but PyTorch is not installed or its torch._int_mm "
-                             "failed the exactness self-test on this CPU")
+            raise BackendUnavailable("NITRO_INT8_BACKEND=torch, but PyTorch is not installed or its "
+                                     "torch._int_mm failed the exactness self-test on this CPU; unset it to "
+                                     "use ONNX Runtime")
         _BACKEND = chosen
     return _BACKEND
 
