@@ -111,6 +111,7 @@ def run_trial(cfg: DictConfig) -> Summary | None:
         try:
             plan = plan_run(cfg, run_dir, list(hc.overrides.task), False)
             write_hydra_files(run_dir, plan.config)
+            job.max_epochs = plan.config["trainer"]["max_epochs"]
             summary = fit(plan.config, run_dir, on_epoch=job, sweep_dir=Path(hc.sweep.dir).absolute())
         except TrainingInterrupted as exc:
             job.interrupt(str(exc))

@@ -56,7 +56,10 @@ def conclude(study: optuna.Study, settings: Settings, sweep_dir: Path,
         "experiment": str(preset), "plots": [str(p) for p in plots],
         "trials": {k: counts[k] for k in ("completed", "pruned", "failed", "interrupted")},
     }
-    atomic_write_text(sweep_dir / "best.json", json.dumps(outcome, indent=2) + "\n")
+    try:
+        atomic_write_text(sweep_dir / "best.json", json.dumps(outcome, indent=2) + "\n")
+    except OSError as exc:
+        raise NitroError(f"cannot write {sweep_dir / 'best.json'}: {exc.strerror or exc}") from None
     params = " ".join(f"{k}={v}" for k, v in best.params.items())
     print(f"best: trial {best.number}, validation accuracy {best.value:.2%} (epoch "
           f"{outcome['best_epoch']}): {params}", flush=True)
@@ -139,7 +142,9 @@ def _plots(study: optuna.Study, sweep_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
-    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # so marked in Optuna 4.0
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     out = []
     for name, draw in (("optimization_history", lambda: vis.plot_optimization_history(study)),
                        ("param_importances", lambda: vis.plot_param_importances(study, evaluator=evaluator))):
@@ -152,8 +157,8 @@ def _plots(study: optuna.Study, sweep_dir: Path) -> list[Path]:
             ax.figure.savefig(path, dpi=110, bbox_inches="tight")
             plt.close(ax.figure)
             out.append(path)
-        except (ValueError, RuntimeError, ZeroDivisionError, UserWarning) as exc:
-            print(f"note: no {name} plot yet: {exc}", flush=True)
+        except (ValueError, RuntimeError, ZeroDivisionError, UserWarning, OSError) as exc:
+            print(f"note: no {name} plot: {exc}", flush=True)
             continue
         if name == "param_importances":
             importances = optuna.importance.get_param_importances(study, evaluator=evaluator)

@@ -231,6 +231,8 @@ class TrialJob:
     def __init__(self, study: optuna.Study, trial: optuna.Trial, pruner: str) -> None:
         self.study, self.trial, self.pruner = study, trial, pruner
         self.pruned_after: int | None = None
+        # The run's last epoch: pruning after it would save nothing, and lose a completed trial.
+        self.max_epochs: int | None = None
 
     @property
     def number(self) -> int:
@@ -239,7 +241,7 @@ class TrialJob:
     def __call__(self, row: dict[str, Any]) -> str | None:
         epoch = int(row["epoch"])
         self.trial.report(float(row["val_acc"]), epoch)
-        if self.trial.should_prune():
+        if (self.max_epochs is None or epoch < self.max_epochs) and self.trial.should_prune():
             self.pruned_after = epoch
             return (f"trial {self.number} pruned ({self.pruner} pruner: its validation accuracy trails the "
                     "study's)")
