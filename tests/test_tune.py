@@ -193,3 +193,11 @@ def test_values_written_as_overrides_read_back_the_same(value: object) -> None:
     parsed = OverridesParser.create().parse_override(f"key={render(value)}").value()
     read = OmegaConf.to_container(OmegaConf.create({"key": parsed}), resolve=True)["key"]  # as a job sees it
     assert read == value and type(read) is type(value)
+
+
+def test_the_default_study_folder_is_named_after_the_search(nitro, tmp_path: Path) -> None:
+    # tune/${hydra:runtime.choices.search}: Hydra resolves its own config only inside jobs
+    res = nitro("tune", "search=mlp1_mini", "trainer.max_epochs=1", "engine=numpy",
+                "hydra.sweeper.n_trials=1", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert _states(tmp_path / "tune" / "mlp1_mini" / "study.db") == {"COMPLETE": 1}

@@ -38,6 +38,9 @@ class Preflight(common.Preflight):
     before its sweep folder is taken; its trials are the study's to draw, not a list of jobs to check."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra sets its config only per job; the default folder, tune/${hydra:runtime.choices.search},
+        # needs it here and in the sweeper and launcher that follow in this process.
+        HydraConfig.instance().set_config(config)
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         try:
             holder = lock_holder(sweep_dir)
