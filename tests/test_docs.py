@@ -14,6 +14,9 @@ Each command line of a fenced code block is run in a form that cannot train long
 - `nitro eval`, `nitro export`, `nitro report`, `nitro data list` and `--help`/`--cfg` lines run for real,
   in a fresh folder (where `results` links to the repository's, read only).
 - `nitro data fetch NAME` would download: it runs as `nitro data fetch --help`, and NAME must be a dataset.
+- `nitro tune` lines run for real on this machine with one trial of one epoch (`hydra.sweeper.n_trials=1
+  trainer.max_epochs=1`), so the search, its settings and its whole check are exercised; a line that
+  submits to SLURM is composed with `--cfg job` instead.
 
 Placeholders (a value holding `<...>`) stand for the tiny run's folders: `ckpt=` its checkpoint of the same
 name, `resume=`/`hydra.run.dir=` a copy of it, `runs=` the folder holding it, `hydra.sweep.dir=`/`out=` a
@@ -48,6 +51,8 @@ README_MAX_LINES = 170
 UNCHECKED = {
     "nitro train --config-dir my-configs hydra/launcher=my_cluster --cfg hydra":
         "needs the reader's own launcher preset (my-configs/hydra/launcher/my_cluster.yaml, shown above it)",
+    "nitro train --config-dir tune/mlp1_mini experiment=best trainer.max_epochs=30":
+        "needs the folder a finished search writes; tests/test_tune.py composes a search's experiment=best",
 }
 
 FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})")
@@ -266,6 +271,13 @@ def test_documented_command_is_accepted(command: DocCommand, quickstart_run: Pat
         names = [a for a in args[2:] if not a.startswith("-")]
         assert names and all(n in DATASETS for n in names), f"`{command.text}`: unknown dataset {names}"
         _accepted(_run(["data", "fetch", "--help"], workdir), command)
+    elif sub == "tune" and any("slurm" in a for a in args):
+        _accepted(_run([*_substitute(args, quickstart_run, workdir), "--cfg", "job"], workdir), command)
+    elif sub == "tune":
+        one = [a for a in _substitute(args[1:], quickstart_run, workdir)
+               if not a.startswith(("hydra.sweeper.n_trials=", "trainer.max_epochs="))]
+        res = _run(["tune", *one, "hydra.sweeper.n_trials=1", "trainer.max_epochs=1"], workdir)
+        _accepted(res, command)
     else:
         pytest.fail(f"`{command.text}` ({', '.join(command.where)}): no way to check this command; teach "
                     "tests/test_docs.py one, or list it in UNCHECKED with the reason")
