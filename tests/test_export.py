@@ -19,6 +19,7 @@ from conftest import nitro_cmd, nitro_env
 from nitro_cli.data import load_dataset
 from nitro_cli.export import balanced_limbs, build_plan, load_for_export, render, write_folder
 from nitro_cli.export import verify as V
+from nitro_cli.export.onnx_graph import MAX_LIMB_FAN_IN
 from nitro_cli.nn import Arithmetic, build_from_config
 from nitro_cli.runner import load_checkpoint
 from test_cli import clean_error
@@ -105,8 +106,8 @@ def _check_bit_exact(ckpt: Path, nitro, tmp_path: Path, n: int) -> dict[str, flo
 
 
 def test_onnx_runtime_integer_semantics_the_export_relies_on() -> None:
-    """Div truncates toward zero (negative operands too), MaxPool padding never wins on int8, ConvInteger
-    and MatMulInteger with int8 x int8 give the exact int32 products, -128 included."""
+    """Div truncates toward zero (negative operands too); MatMulInteger (uint8 with zero point 128 x int8
+    7-bit limbs, every product at its extreme), int32 and int64 MatMul and ReduceMax on uint8 are exact."""
     needs_onnx()
     from onnx import TensorProto as T
     from onnx import helper as h
@@ -123,7 +124,6 @@ def test_onnx_runtime_integer_semantics_the_export_relies_on() -> None:
         return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
             None, feeds)[0]
 
-    rng = np.random.default_rng(0)
     for dt, np_dt in ((T.INT8, np.int8), (T.INT32, np.int32), (T.INT64, np.int64)):
         a = np.array([-7, 7, -9, -1, -127, 127, -128, 5], dtype=np_dt)
         b = np.array([2, -2, 4, 4, 4, 4, 3, -3], dtype=np_dt)
@@ -131,29 +131,33 @@ def test_onnx_runtime_integer_semantics_the_export_relies_on() -> None:
                   [h.make_tensor_value_info("a", dt, [8]), h.make_tensor_value_info("b", dt, [8])],
                   {"a": a, "b": b})
         assert got.tolist() == trunc_div(a.astype(np.int64), b.astype(np.int64)).tolist()
-    x = np.full((1, 1, 3, 3), -100, dtype=np.int8)
-    got = run([h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 1, 1])],
-              [h.make_tensor_value_info("x", T.INT8, [1, 1, 3, 3])], {"x": x})
-    assert (got == -100).all()  # the padding (zero or anything above -100) never won
-    x = rng.integers(-128, 128, size=(2, 3, 5, 5)).astype(np.int8)
-    w = rng.integers(-128, 128, size=(4, 3, 3, 3)).astype(np.int8)
-    x[0, 0, 0, 0], w[0, 0, 0, 0] = -128, -128
-    got = run([h.make_node("ConvInteger", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
-              [h.make_tensor_value_info("x", T.INT8, [2, 3, 5, 5])], {"x": x}, [nh.from_array(w, "w")],
-              T.INT32)
-    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    expect = np.zeros((2, 4, 5, 5), dtype=np.int64)
-    for i in range(3):
-        for j in range(3):
-            window = padded[:, :, i:i + 5, j:j + 5]
-            expect += np.einsum("nchw,oc->nohw", window, w[:, :, i, j].astype(np.int64))
-    assert got.dtype == np.int32 and np.array_equal(got, expect)
-    a = rng.integers(-128, 128, size=(3, 300)).astype(np.int8)
-    b = np.full((300, 2), -128, dtype=np.int8)
-    a[0] = -128
-    got = run([h.make_node("MatMulInteger", ["a", "b"], ["y"])],
-              [h.make_tensor_value_info("a", T.INT8, [3, 300])], {"a": a}, [nh.from_array(b, "b")], T.INT32)
-    assert got.dtype == np.int32 and np.array_equal(got, a.astype(np.int64) @ b.astype(np.int64))
+    # The widest fan-in the exporter accepts, every term at an extreme and of one sign, and a mixed case.
+    k = MAX_LIMB_FAN_IN
+    for a_value, b_value in ((255, -64), (0, -64), (255, 63), (0, 63)):
+        a = np.full((2, k), a_value, dtype=np.uint8)
+        b = np.full((k, 3), b_value, dtype=np.int8)
+        got = run([h.make_node("MatMulInteger", ["a", "b", "zp"], ["y"])],
+                  [h.make_tensor_value_info("a", T.UINT8, [2, k])], {"a": a},
+                  [nh.from_array(b, "b"), nh.from_array(np.array(128, np.uint8), "zp")], T.INT32)
+        assert got.dtype == np.int32 and (got == (a_value - 128) * b_value * k).all()
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, size=(5, 999)).astype(np.uint8)
+    b = rng.integers(-64, 64, size=(999, 7)).astype(np.int8)
+    got = run([h.make_node("MatMulInteger", ["a", "b", "zp"], ["y"])],
+              [h.make_tensor_value_info("a", T.UINT8, [5, 999])], {"a": a},
+              [nh.from_array(b, "b"), nh.from_array(np.array(128, np.uint8), "zp")], T.INT32)
+    assert np.array_equal(got, (a.astype(np.int64) - 128) @ b.astype(np.int64))
+    for dt, np_dt, top in ((T.INT32, np.int32, 2**31 - 1), (T.INT64, np.int64, 2**62)):
+        x = rng.integers(-(top // 4), top // 4, size=(4, 3, 3)).astype(np_dt)
+        scale = np.array([[1], [2], [1]], dtype=np_dt)
+        got = run([h.make_node("MatMul", ["x", "s"], ["y"])], [h.make_tensor_value_info("x", dt, [4, 3, 3])],
+                  {"x": x}, [nh.from_array(scale, "s")])
+        exact = np.einsum("nok,kj->noj", x.astype(object), scale.astype(object)).astype(np_dt)
+        assert np.array_equal(got, exact)
+    x = rng.integers(0, 256, size=(2, 4, 6, 3)).astype(np.uint8)
+    got = run([h.make_node("ReduceMax", ["x"], ["y"], axes=[1, 2], keepdims=0)],
+              [h.make_tensor_value_info("x", T.UINT8, [2, 4, 6, 3])], {"x": x})
+    assert np.array_equal(got, x.max(axis=(1, 2)))
 
 
 def test_balanced_limbs_are_exact_8_bit_and_as_few_as_possible() -> None:
@@ -166,6 +170,13 @@ def test_balanced_limbs_are_exact_8_bit_and_as_few_as_possible() -> None:
     for value, k in [(0, 1), (127, 1), (-128, 1), (128, 2), (-129, 2), (32639, 2), (-32896, 2), (32640, 3),
                      (-32897, 3), (8355711, 3), (8355712, 4), (2139062143, 4), (2139062144, 5)]:
         assert len(balanced_limbs(np.array([value], dtype=np.int64))) == k, value
+    # 7-bit limbs (the ONNX graph's): [-64, 63], k limbs hold [-64 (128^k - 1) / 127, 63 (128^k - 1) / 127].
+    limbs = balanced_limbs(w.astype(np.int32), 7)
+    assert min(int(limb.min()) for limb in limbs) == -64 and max(int(limb.max()) for limb in limbs) == 63
+    assert np.array_equal(sum(limb.astype(np.int64) * 128**i for i, limb in enumerate(limbs)), w)
+    for value, k in [(63, 1), (-64, 1), (64, 2), (-65, 2), (8127, 2), (-8256, 2), (8128, 3), (1040319, 3),
+                     (1040320, 4)]:
+        assert len(balanced_limbs(np.array([value], dtype=np.int64), 7)) == k, value
 
 
 def test_mlp1_onnx_and_c_match_nitro_eval_bit_for_bit_on_all_2000_test_images(mlp1_run: Path, nitro,
@@ -230,6 +241,40 @@ def test_compat_int32_wrap_and_zero_head_padding_are_reproduced(vgg_run: Path, t
     assert np.array_equal(logits[:, :k], ref)
     for i, head in enumerate(ref_heads):
         assert np.array_equal(logits[:, k * (i + 1):k * (i + 2)], head), model.blocks[i].name
+
+
+def test_onnx_limbs_stay_exact_on_a_kernel_that_saturates_int16_pairs(vgg_run: Path, monkeypatch) -> None:
+    """The graph's 7-bit limbs give nitro's logits even where MatMulInteger adds pairs of products in
+    saturating int16 first (AVX2's vpmaddubsw, as ONNX Runtime runs on a CPU without VNNI; here the ONNX
+    reference evaluator with that kernel), and 8-bit limbs would not."""
+    needs_onnx()
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+
+    import nitro_cli.export.onnx_graph as graph
+    from test_int8gemm import pairs_saturating
+
+    class MatMulInteger(OpRun):
+        def _run(self, a, b, a_zero_point=None, b_zero_point=None):  # noqa: ANN001, ANN202
+            assert b_zero_point is None and a.dtype == np.uint8 and b.dtype == np.int8
+            y = pairs_saturating(a.reshape(-1, a.shape[-1]), int(a_zero_point), b, 1)
+            return (y.reshape(*a.shape[:-1], b.shape[1]),)
+
+    _, model, normalizer = load_for_export(vgg_run / "checkpoints" / "last.npz")
+    x = load_dataset("mnist_mini").test_x[:8]
+    ref, ref_heads = V.nitro_logits(model, normalizer, x)
+    plan = build_plan(model, normalizer.table(), heads=True)
+    outputs = {}
+    for bits in (7, 8):
+        monkeypatch.setattr(graph, "DIGIT_BITS", bits)
+        evaluator = ReferenceEvaluator(onnx.load_from_string(render(plan, "onnx")["model.onnx"]),
+                                       new_ops=[MatMulInteger])
+        outputs[bits] = evaluator.run(None, {"image": x})
+    assert np.array_equal(outputs[7][0], ref)
+    for block, head, got in zip(model.blocks, ref_heads, outputs[7][2:], strict=True):
+        assert np.array_equal(got, head), block.name
+    assert not np.array_equal(outputs[8][0], ref)  # the saturation is real: 8-bit limbs lose it
 
 
 def non_integer_tensors(model) -> list[str]:

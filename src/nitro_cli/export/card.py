@@ -14,6 +14,7 @@ from typing import Any
 from .. import __version__
 from ..data import DATASETS
 from ..runner.evaluate import EvalJob
+from .onnx_graph import DIGIT_BITS
 from .plan import Plan, balanced_limbs
 
 
@@ -64,7 +65,8 @@ def model_card(job: EvalJob, model_config: dict[str, Any], plan: Plan, fmt: str,
                                  "fan_in": p.fan_in, "max_abs_weight": p.max_abs_weight,
                                  "sum_bound": p.sum_bound, "int32_wrap": p.needs_wrap}
         if fmt == "onnx":
-            entry["int8_limbs"] = len(balanced_limbs(p.weight))
+            entry["int8_limbs"] = len(balanced_limbs(p.weight, DIGIT_BITS))
+            entry["limb_bits"] = DIGIT_BITS
         else:
             entry["accumulator"] = "int32_t" if p.sum_bound < 2**31 else "int64_t"
         layers.append(entry)

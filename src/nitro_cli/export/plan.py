@@ -8,8 +8,8 @@ the same plan, so a reduced VGG in the tests runs exactly the code that exports 
 
 Layouts: nitro keeps conv activations channels last, so a flatten after convolutions (the classifier's
 first block, a conv block's head) reads features in (h, w, c) order; an MLP flattens the image in (c, h, w)
-order. Linear weights stay in nitro's column order here and `Linear.in_order` says which order that is; an
-exporter whose layout differs permutes the columns (`Linear.weight_chw`).
+order. Linear weights stay in nitro's column order here and `Product.in_order` says which order that is;
+both exporters keep activations channels last too, so their flattens read the columns in that order.
 """
 
 from __future__ import annotations
@@ -82,14 +82,6 @@ class Product:
     def relu_correction(self) -> int:
         assert self.slope is not None
         return RELU_MEAN_CORRECTION[self.slope]
-
-    def weight_chw(self) -> np.ndarray:
-        """The weight with its columns in (c, h, w) order (what an NCHW flatten produces)."""
-        if self.kind != "linear" or self.in_order is None:
-            return self.weight
-        c, h, w = self.in_order
-        out = self.weight.shape[0]
-        return np.ascontiguousarray(self.weight.reshape(out, h, w, c).transpose(0, 3, 1, 2).reshape(out, -1))
 
 
 @dataclass(frozen=True)
@@ -233,20 +225,23 @@ def build_plan(model: NitroNet, table: np.ndarray, heads: bool = False) -> Plan:
                 bool(model.channels_last), steps, head_list, arith.to_config())
 
 
-def balanced_limbs(weight: np.ndarray) -> list[np.ndarray]:
-    """Exact signed 8-bit limbs: weight = sum_i limbs[i] * 256^i, every limb in [-128, 127].
+def balanced_limbs(weight: np.ndarray, bits: int = 8) -> list[np.ndarray]:
+    """Exact signed `bits`-bit limbs (bits <= 8): weight = sum_i limbs[i] * B^i with B = 2^bits and every
+    limb in [-B/2, B/2 - 1], as int8.
 
-    Balanced base 256: each step takes the remainder r in [-128, 127] congruent to w modulo 256 and divides
-    (w - r) by 256 exactly, so |w| shrinks by a factor 256 each step (|w'| <= (|w| + 128) / 256). k limbs
-    represent [-128 * (256^k - 1) / 255, 127 * (256^k - 1) / 255]: 1 limb for |w| <= 127 (and -128), 2 up
-    to 32,639, 3 up to 8,355,711, 4 up to 2,139,062,143, 5 for the rest of int32. The fewest limbs that
-    represent every weight are returned (at least one).
+    Balanced base B: each step takes the remainder r in [-B/2, B/2 - 1] congruent to w modulo B and divides
+    (w - r) by B exactly, so |w| shrinks by a factor B each step (|w'| <= (|w| + B/2) / B). With 8 bits, k
+    limbs represent [-128 * (256^k - 1) / 255, 127 * (256^k - 1) / 255]: 1 limb for |w| <= 127 (and -128), 2
+    up to 32,639, 3 up to 8,355,711, 4 up to 2,139,062,143, 5 for the rest of int32; with 7 bits 1 limb up to
+    63, 2 up to 8,127, 3 up to 1,040,319. The fewest limbs that represent every weight are returned (at least
+    one); the expansion is unique, so a part of `weight` that fits fewer limbs has zeros in the higher ones.
     """
+    base, half = 1 << bits, 1 << (bits - 1)
     rest = np.asarray(weight).astype(np.int64)
     limbs: list[np.ndarray] = []
     while True:
-        low = ((rest + 128) % 256) - 128
+        low = ((rest + half) % base) - half
         limbs.append(low.astype(np.int8))
-        rest = (rest - low) // 256  # exact: rest - low is a multiple of 256
+        rest = (rest - low) // base  # exact: rest - low is a multiple of base
         if not rest.any():
             return limbs
