@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint docs bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg slurm-up slurm-down clean
+.PHONY: install run test lint docs bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg slurm-up slurm-down \
+	mcu-toolchain clean
 
 install: $(STAMP)
 
@@ -58,6 +59,11 @@ slurm-up:
 
 slurm-down:
 	scripts/slurm-down.sh $(SLURM_DIR)
+
+# The cross compiler the C export's microcontroller test builds with (root; installs Debian's
+# gcc-arm-none-eabi when missing; without it the test uses cc -m32 or skips).
+mcu-toolchain:
+	scripts/mcu-toolchain.sh
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache site

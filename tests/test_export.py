@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 import re
 import shutil
@@ -17,8 +18,16 @@ import pytest
 
 from conftest import nitro_cmd, nitro_env
 from nitro_cli.data import load_dataset
-from nitro_cli.export import balanced_limbs, build_plan, load_for_export, render, write_folder
+from nitro_cli.export import (
+    balanced_limbs,
+    build_plan,
+    export_checkpoint,
+    load_for_export,
+    render,
+    write_folder,
+)
 from nitro_cli.export import verify as V
+from nitro_cli.export.c_source import MODEL_SOURCES
 from nitro_cli.export.onnx_graph import MAX_LIMB_FAN_IN
 from nitro_cli.nn import Arithmetic, build_from_config
 from nitro_cli.runner import load_checkpoint
@@ -335,8 +344,15 @@ FLOAT_LITERALS = re.compile(r"(?<![\w.])(\d+\.\d*|\.\d+|\d+[eE][+-]?\d+|0[xX][0-
                             r"%[-+ #0-9.]*[fFeEgGaA]")
 
 
-def float_in_c(text: str) -> str | None:
-    """The first floating-point type or literal in C source (literals searched outside comments)."""
+STRING_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+
+
+def float_in_c(text: str, data_strings: bool = False) -> str | None:
+    """The first floating-point type or literal in C source (literals searched outside comments). With
+    `data_strings` the string literals are left out: in nitro_weights.c they hold weight bytes, whose
+    printable characters may read like '1.5'."""
+    if data_strings:
+        text = STRING_LITERAL.sub('""', text)
     m = FLOAT_TYPES.search(text)
     if m:
         return m.group(0)
@@ -349,24 +365,169 @@ def test_c_export_has_no_floating_point_and_compiles_cleanly(vgg_run: Path, nitr
     cc = needs_cc()
     card = _export(nitro, vgg_run / "checkpoints" / "last.npz", "c", tmp_path / "c", "heads=true")
     files = sorted((tmp_path / "c").glob("*.[ch]"))
-    assert [f.name for f in files] == ["main.c", "nitro_model.c", "nitro_model.h", "nitro_weights.h"]
+    assert [f.name for f in files] == ["main.c", "nitro_model.c", "nitro_model.h", "nitro_weights.c",
+                                       "nitro_weights.h"]
     for f in files:
         text = f.read_text()
-        assert float_in_c(text) is None, (f.name, float_in_c(text))
-        assert not re.search(r"\b(malloc|calloc|realloc|free|alloca)\b", text), f.name
+        data = f.name == "nitro_weights.c"
+        assert float_in_c(text, data) is None, (f.name, float_in_c(text, data))
+        assert not re.search(r"\b(malloc|calloc|realloc|free|alloca)\b", STRING_LITERAL.sub("", text)), f.name
     assert "#define NITRO_SCRATCH_BYTES" in (tmp_path / "c" / "nitro_model.h").read_text()
     assert card["build"].startswith("cc -std=c99")
     for opt in ("-O0", "-O2"):
         V.compile_c(tmp_path / "c", tmp_path / f"nitro_eval{opt}", opt=opt)  # fails on any warning
     if platform.machine() in ("x86_64", "AMD64"):
         # No floating-point register may be used at all: gcc refuses any float code under this flag.
-        res = subprocess.run([cc, *V.STRICT_FLAGS, "-mgeneral-regs-only", "-c", "-o", str(tmp_path / "m.o"),
-                              str(tmp_path / "c" / "nitro_model.c")], capture_output=True, text=True)
-        assert res.returncode == 0 and not res.stderr, res.stderr
+        for name in MODEL_SOURCES:
+            res = subprocess.run([cc, *V.STRICT_FLAGS, "-mgeneral-regs-only", "-c", "-o",
+                                  str(tmp_path / "m.o"), str(tmp_path / "c" / name)], capture_output=True,
+                                 text=True)
+            assert res.returncode == 0 and not res.stderr, res.stderr
     # The check does see floating point.
     for snippet in ("double x;", "float y;", "y = 0.5;", "y = 1e3;", "y = .5;", 'printf("%.2f", y);'):
         assert float_in_c(snippet), snippet
     assert float_in_c("/* version 0.1.0 */ int y = 3;") is None
+    assert float_in_c('const uint8_t w[1][8] = {"1.5e3"};', data_strings=True) is None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+                    []))
+
+
+def _c_versions() -> list[list[str]]:
+    """Build flags of every version of the layers this machine runs: the portable one, and with gcc on
+    x86-64 each dispatch cap the CPU supports."""
+    flags = [["-DNITRO_PORTABLE"]]
+    if platform.machine() in ("x86_64", "AMD64"):
+        cpu = _cpu_flags()
+        flags.append(["-DNITRO_ISA_MAX=0"])
+        if "avx2" in cpu:
+            flags.append(["-DNITRO_ISA_MAX=1"])
+        if {"avx512vnni", "avx512bw", "avx512vl"} <= cpu:
+            flags.append(["-DNITRO_ISA_MAX=2"])
+    return flags
+
+
+def test_every_c_version_and_build_gives_nitros_logits(vgg_run: Path, tmp_path: Path) -> None:
+    """The layers' versions (portable; SSE2, AVX2, AVX-512 VNNI where the CPU has them), -O3 and -march=native
+    builds: the same logits and head logits as nitro, on a reduced VGG8B whose tiles end in single pixels."""
+    needs_cc()
+    ckpt, model, normalizer = load_for_export(vgg_run / "checkpoints" / "last.npz")
+    x = load_dataset("mnist_mini").test_x[:24]
+    ref, ref_heads = V.nitro_logits(model, normalizer, x)
+    expect = np.concatenate([ref, *ref_heads], axis=1)
+    plan = build_plan(model, normalizer.table(), heads=True)
+    write_folder(tmp_path / "c", render(plan, "c"))
+    img, lbl = V.write_idx(x, np.zeros(len(x), dtype=np.uint8), tmp_path)
+    builds = [("-O2", f) for f in _c_versions()] + [("-O3", []), ("-O0", [])]
+    if platform.machine() in ("x86_64", "AMD64"):
+        builds.append(("-O2", ["-march=native"]))
+    for opt, flags in builds:
+        V.compile_c(tmp_path / "c", tmp_path / "nitro_eval", opt=opt, extra_flags=flags)
+        logits = V.run_c_driver(tmp_path / "nitro_eval", [img, lbl])[2]
+        assert np.array_equal(logits, expect), (opt, flags)
+
+
+DOT_LOOP = re.compile(r"for \(i = 0; i < \d+; \+\+i\) \{ .*\+= x0\[i\]")
+
+
+def test_c_dot_products_vectorize_at_O2(vgg_run: Path, mlp1_run: Path, tmp_path: Path) -> None:
+    """GCC reports every dot-product loop of every version vectorized at -O2 (-fopt-info-vec), so no change
+    to the generated loops silently falls back to scalar code."""
+    cc = needs_cc()
+    macros = subprocess.run([cc, "-dM", "-E", "-x", "c", os.devnull], capture_output=True, text=True).stdout
+    if "__GNUC__" not in macros or "__clang__" in macros:
+        pytest.skip(f"{cc} is not gcc (-fopt-info-vec is gcc's)")
+    for run in (vgg_run, mlp1_run):
+        ckpt, model, normalizer = load_for_export(run / "checkpoints" / "last.npz")
+        out = tmp_path / run.parent.name
+        write_folder(out, render(build_plan(model, normalizer.table(), heads=True), "c"))
+        source = (out / "nitro_model.c").read_text().splitlines()
+        loops = {n + 1 for n, line in enumerate(source) if DOT_LOOP.search(line)}
+        assert loops
+        res = subprocess.run([cc, *V.STRICT_FLAGS, "-O2", "-fopt-info-vec-optimized", "-c", "-o",
+                              str(tmp_path / "m.o"), str(out / "nitro_model.c")], capture_output=True,
+                             text=True)
+        vectorized = {int(m.group(1)) for m in re.finditer(r"nitro_model\.c:(\d+):\d+: optimized: loop "
+                                                           r"vectorized", res.stderr)}
+        assert loops <= vectorized, sorted(loops - vectorized)
+
+
+def test_weight_literals_hold_every_byte(tmp_path: Path) -> None:
+    """The string literals of nitro_weights.c give back every byte, whatever follows an escape (digits
+    after a short octal escape, '?' pairs that would be trigraphs, quotes, backslashes, zeros)."""
+    cc = needs_cc()
+    from nitro_cli.export.c_source import _literal
+
+    rng = np.random.default_rng(0)
+    tricky = [0, 1, 0x30, 0x37, 0x38, 7, 0x3F, 0x3F, 0x3D, 0x22, 0x5C, 0xFF, 0o12, 0x34, 0x39, 0]
+    data = bytes(rng.integers(0, 256, 3000, dtype=np.uint8).tolist() + tricky * 20 +
+                 rng.choice([0, 1, 2, 0x30, 0x31, 0x37, 0x38, 0xFE, 0xFF], 3000).tolist())
+    src = tmp_path / "lit.c"
+    src.write_text(f"#include <stdio.h>\nstatic const unsigned char d[{len(data) + 1}] = {{\n"
+                   f"{_literal(data)}\n}};\n"
+                   "int main(void) { return fwrite(d, 1, sizeof d, stdout) != sizeof d; }\n")
+    subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-Wno-overlength-strings", "-o",
+                    str(tmp_path / "lit"), str(src)], check=True)
+    out = subprocess.run([str(tmp_path / "lit")], capture_output=True, check=True).stdout
+    assert out == data + b"\0"
+
+
+FLOAT_HELPERS = re.compile(r"__aeabi_(f|d|cf|cd)\w*|__aeabi_\w*2[fd]\b|__\w+[sdt]f[23]\b|__(fix|float)\w+")
+
+
+def _mcu_compiler() -> tuple[list[str], str]:
+    """The command that builds the model's objects for a 32-bit target without an FPU, and its nm."""
+    if shutil.which("arm-none-eabi-gcc"):
+        return ["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=soft"], "arm-none-eabi-nm"
+    cc = needs_cc()
+    host = [cc, "-m32", "-ffreestanding", "-mgeneral-regs-only"]  # freestanding: gcc's own <stdint.h>
+    probe = subprocess.run([*host, "-x", "c", "-c", "-o", os.devnull, "-"],
+                           input="#include <stdint.h>\nint32_t x;\n", capture_output=True, text=True)
+    if probe.returncode == 0:
+        return host, "nm"
+    pytest.skip("no 32-bit cross compiler: neither arm-none-eabi-gcc (scripts/mcu-toolchain.sh or make "
+                "mcu-toolchain installs Debian's gcc-arm-none-eabi) nor a host cc that builds -m32")
+
+
+def test_mlp1_c_export_fits_a_microcontroller(mlp1_run: Path, tmp_path: Path) -> None:
+    """The model card states the flash (weights) and RAM (scratch) an MLP1 export needs: within 256 KiB and
+    32 KiB. Its model sources (not the file-reading driver) build for a Cortex-M4 without an FPU
+    (-mfloat-abi=soft; or -m32 -ffreestanding -mgeneral-regs-only on the host) with no floating-point helper,
+    and the objects' const data and RAM agree with the card."""
+    card = export_checkpoint(mlp1_run / "checkpoints" / "last.npz", "c", tmp_path / "c").card
+    memory = card["memory"]
+    assert 0 < memory["flash_weight_bytes"] <= 256 * 1024 and 0 < memory["ram_scratch_bytes"] <= 32 * 1024
+    header = (tmp_path / "c" / "nitro_model.h").read_text()
+    assert f"#define NITRO_SCRATCH_BYTES {memory['ram_scratch_bytes']}\n" in header
+    assert f"#define NITRO_WEIGHT_BYTES {memory['flash_weight_bytes']}\n" in header
+    command, nm = _mcu_compiler()
+    objects = []
+    for name in MODEL_SOURCES:
+        obj = tmp_path / (name[:-2] + ".o")
+        res = subprocess.run([*command, *V.STRICT_FLAGS, "-O2", "-c", "-o", str(obj),
+                              str(tmp_path / "c" / name)], capture_output=True, text=True)
+        assert res.returncode == 0 and not res.stderr, res.stderr
+        objects.append(obj)
+    symbols = subprocess.run([nm, *map(str, objects)], capture_output=True, text=True, check=True).stdout
+    assert not FLOAT_HELPERS.search(symbols), FLOAT_HELPERS.search(symbols)
+    sizes = {}
+    for line in subprocess.run([nm, "-S", "--size-sort", str(objects[1])], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        _, size, kind, name = line.split()
+        sizes[name] = (int(size, 16), kind)
+    assert all(kind in "rR" for _, kind in sizes.values())  # const data only
+    assert sum(size for size, _ in sizes.values()) == memory["flash_weight_bytes"]
+    # Only nitro_predict's static scratch takes RAM in the model's objects.
+    listing = subprocess.run([nm, "-S", str(objects[0])], capture_output=True, text=True, check=True).stdout
+    fields = [line.split() for line in listing.splitlines()]
+    ram = [(int(f[1], 16), f[3]) for f in fields if len(f) == 4 and f[2] in "bBdD"]
+    assert [size for size, _ in ram] == [memory["ram_scratch_bytes"]], ram
 
 
 def _leftovers(folder: Path) -> list[str]:

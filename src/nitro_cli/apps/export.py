@@ -34,7 +34,7 @@ def export(cfg: DictConfig) -> ExportResult:
              f"{'unknown' if acc is None else f'{acc:.2%}'}) as {c['format']} to {result.out}"]
     lines += [f"  {name}  {_size(size)}" for name, size in result.files.items()]
     if c["format"] == "c":
-        lines.append(f"build: cd {result.out} && cc -std=c99 -O2 -o nitro_eval main.c nitro_model.c")
+        lines.append(f"build: cd {result.out} && {result.card['build']}")
     else:
         lines.append("run: onnxruntime.InferenceSession('model.onnx').run(None, {'image': images})")
     print("\n".join(lines), flush=True)  # plain lines: paths must not be wrapped

@@ -28,7 +28,7 @@ from ..nn import NitroNet
 from ..runner.checkpoint import Checkpoint, fsync_dir
 from ..runner.evaluate import EvalJob, check_eval, model_from_checkpoint
 from ..runner.rundir import LOCK_NAME, lock_holder
-from .c_source import C_FILES, comment_text
+from .c_source import C_FILES, CModel, comment_text
 from .card import model_card
 from .plan import Plan, balanced_limbs, build_plan
 
@@ -62,6 +62,11 @@ def _banner(job: EvalJob, model: NitroNet) -> str:
 
 def render(plan: Plan, fmt: str, banner: str = "NITRO-D integer-only inference") -> dict[str, bytes]:
     """The files of one export format (without the model card)."""
+    return _render(plan, fmt, banner)[0]
+
+
+def _render(plan: Plan, fmt: str, banner: str) -> tuple[dict[str, bytes], dict[str, Any] | None]:
+    """The files of one export format and, for C, its memory budget and layers (for the model card)."""
     if fmt == "onnx":
         try:
             from .onnx_graph import build_onnx
@@ -69,11 +74,10 @@ def render(plan: Plan, fmt: str, banner: str = "NITRO-D integer-only inference")
             raise NitroError(f"format=onnx needs the onnx package ({exc.name} is missing): "
                              "pip install 'nitro-cli[export]'") from None
         model = build_onnx(plan, producer_version=__version__, doc=banner)
-        return {ONNX_FILE: model.SerializeToString()}
+        return {ONNX_FILE: model.SerializeToString()}, None
     if fmt == "c":
-        from .c_source import build_c
-
-        return {name: text.encode() for name, text in build_c(plan, banner=banner).items()}
+        c_model = CModel(plan)
+        return {name: text.encode() for name, text in c_model.files(banner).items()}, c_model.card()
     raise NitroError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
 
 
@@ -232,9 +236,9 @@ def export_checkpoint(path: str | os.PathLike[str], fmt: str, out: str | os.Path
     _check_out(out, overwrite, Path(path))
     job, model = _checked(path)
     plan = build_plan(model, job.normalizer.table(), heads=heads)
-    files = render(plan, fmt, _banner(job, model))
+    files, c_card = _render(plan, fmt, _banner(job, model))
     sizes = {name: len(data) for name, data in files.items()}
-    card = model_card(job, model.config, plan, fmt, sizes)
+    card = model_card(job, model.config, plan, fmt, sizes, c_card)
     files[CARD_FILE] = (json.dumps(card, indent=2) + "\n").encode()
     sizes[CARD_FILE] = len(files[CARD_FILE])
     write_folder(out, files, overwrite)

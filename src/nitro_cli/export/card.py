@@ -53,10 +53,11 @@ def recorded_test_accuracy(state: dict[str, Any], epoch: int) -> float | None:
     return None
 
 
-def model_card(job: EvalJob, model_config: dict[str, Any], plan: Plan, fmt: str,
-               files: dict[str, int]) -> dict[str, Any]:
+def model_card(job: EvalJob, model_config: dict[str, Any], plan: Plan, fmt: str, files: dict[str, int],
+               c_card: dict[str, Any] | None = None) -> dict[str, Any]:
     """The card of an export: `job` holds what `check_eval` checked, `model_config` is the config of the
-    network nitro rebuilt (NitroNet.config); class names come from the dataset registry."""
+    network nitro rebuilt (NitroNet.config); class names come from the dataset registry. `c_card` is
+    `CModel.card()` for a C export: its memory budget and each layer's limbs and accumulators."""
     ckpt = job.ckpt
     c, h, w = plan.in_shape
     layers = []
@@ -67,8 +68,8 @@ def model_card(job: EvalJob, model_config: dict[str, Any], plan: Plan, fmt: str,
         if fmt == "onnx":
             entry["int8_limbs"] = len(balanced_limbs(p.weight, DIGIT_BITS))
             entry["limb_bits"] = DIGIT_BITS
-        else:
-            entry["accumulator"] = "int32_t" if p.sum_bound < 2**31 else "int64_t"
+        elif c_card is not None:
+            entry.update(c_card["layers"][p.name])
         layers.append(entry)
     heads = [hd.name for hd in plan.heads]
     if fmt == "onnx":
@@ -89,7 +90,7 @@ def model_card(job: EvalJob, model_config: dict[str, Any], plan: Plan, fmt: str,
                           "return": "the predicted class (first maximum of logits)",
                           **({"head_logits": f"int32_t [{len(heads)} * {plan.num_classes}], heads {heads}"}
                              if heads else {})},
-              "build": "cc -std=c99 -O2 -o nitro_eval main.c nitro_model.c",
+              "build": "cc -std=c99 -O2 -o nitro_eval main.c nitro_model.c nitro_weights.c",
               "run": ["./nitro_eval idx IMAGES-idx3-ubyte LABELS-idx1-ubyte",
                       "./nitro_eval cifar test_batch.bin"]}
     return {
@@ -109,6 +110,7 @@ def model_card(job: EvalJob, model_config: dict[str, Any], plan: Plan, fmt: str,
         "heads": heads,
         **io,
         "layers": layers,
+        **({"memory": c_card["memory"]} if c_card is not None else {}),
         "checkpoint": {"path": str(ckpt.path), "sha256": file_sha256(ckpt.path) if ckpt.path else None},
         "exported_by": {"tool": "nitro-cli", "version": __version__, "commit": source_commit()},
     }

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..data import Normalizer
 from ..nn import NitroNet
+from .c_source import DRIVER_FILE, MODEL_SOURCES
 
 # The flags the C export must compile cleanly with (warnings are errors).
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
@@ -55,11 +56,12 @@ def onnx_outputs(session: Any, images: np.ndarray, batch_size: int = 256) -> dic
 
 def compile_c(src: Path, exe: Path, opt: str = "-O2", cc: str | None = None,
               extra_flags: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
-    """Compile main.c + nitro_model.c with the strict flags (and `extra_flags`, e.g. -D settings of the
-    driver); raises CalledProcessError on any warning."""
+    """Compile main.c and the model's sources with the strict flags (and `extra_flags`, e.g. -D settings of
+    the driver or the model); raises CalledProcessError on any warning."""
     compiler = cc or shutil.which("cc") or "gcc"
-    res = subprocess.run([compiler, *STRICT_FLAGS, *extra_flags, opt, "-o", str(exe), str(src / "main.c"),
-                          str(src / "nitro_model.c")], capture_output=True, text=True)
+    sources = [str(src / name) for name in (DRIVER_FILE, *MODEL_SOURCES)]
+    res = subprocess.run([compiler, *STRICT_FLAGS, *extra_flags, opt, "-o", str(exe), *sources],
+                         capture_output=True, text=True)
     if res.returncode != 0 or res.stderr.strip():
         raise subprocess.CalledProcessError(res.returncode or 1, res.args, res.stdout, res.stderr)
     return res
