@@ -467,3 +467,18 @@ def test_many_differing_settings_are_shortened_in_labels_and_complete_in_the_csv
     assert b.label == "custom data.name=mnist_mini model.dropout=0.2 model.hidden=[32,32] +2 more"
     assert c.label == "custom data.name=mnist model.dropout=0.0 model.hidden=[100,50] +2 more"
     assert c.differs[2:] == ("model.hidden=[100,50]", "optimizer.amp=null", "optimizer.lr_inv=512")
+
+
+def test_the_per_epoch_table_shows_the_references_published_epochs_beside_ours(tmp_path: Path) -> None:
+    exp = "paper/vgg8b_cifar10"
+    make_run(tmp_path / "exact", experiment=exp, trainer="paper", seed=42, group="ex", max_epochs=4,
+             curve=[0.1, 0.2, 0.3, 0.4])
+    make_run(tmp_path / "ref", experiment=exp, trainer="paper", seed=42, group="rf", max_epochs=4,
+             curve=[0.1, 0.25, 0.35, 0.45], overrides=("compat=reference",))
+    write_report(collect_runs([tmp_path]), tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    table = md[md.index("## Test accuracy per epoch"):].splitlines()
+    assert table[2].startswith("| Epoch | reference's published run, seed 42 (vgg8b_cifar10) | ")
+    assert "[paper] ex |" in table[2] and "[paper, compat=reference] rf |" in table[2]
+    assert table[4:8] == ["| 1 | 9.99 | 10.00 | 10.00 |", "| 2 | 29.68 | 20.00 | 25.00 |",
+                          "| 3 | 44.84 | 30.00 | 35.00 |", "| 4 |  | 40.00 | 45.00 |"]

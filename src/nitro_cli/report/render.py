@@ -143,11 +143,14 @@ def per_epoch_lines(groups: list[Group]) -> list[str]:
     all_epochs = sorted(set().union(*curves))
     if not all_epochs:
         return []
-    names = [_md_escape(f"{g.label} [{_setting(g)}] {g.group}") for g in groups]
+    published = list(dict.fromkeys(g.paper for g in groups if g.paper and g.paper.published_epochs))
+    names = [f"reference's published run, seed 42 ({p.row})" for p in published]
+    names += [_md_escape(f"{g.label} [{_setting(g)}] {g.group}") for g in groups]
     out = ["## Test accuracy per epoch (%)", "", "| Epoch | " + " | ".join(names) + " |",
-           "|---:|" + "---:|" * len(groups)]
+           "|---:|" + "---:|" * len(names)]
     for epoch in all_epochs:
-        cells = []
+        cells = [f"{p.published_epochs[epoch - 1]:.2f}" if epoch <= len(p.published_epochs) else ""
+                 for p in published]
         for g, curve in zip(groups, curves, strict=True):
             if epoch not in curve:
                 cells.append("")
