@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint docs bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg slurm-up slurm-down \
+.PHONY: install run test lint docs bench ablation reproduce-mlp reproduce-mlp-large reproduce-vgg reproduce-cifar slurm-up slurm-down \
 	mcu-toolchain clean
 
 install: $(STAMP)
@@ -46,6 +46,11 @@ reproduce-mlp-large: install
 EPOCHS ?= 2
 reproduce-vgg: install
 	scripts/reproduce-vgg.sh $(EPOCHS) results/vgg
+
+# The paper's CIFAR-10 rows (VGG8B in both arithmetics, VGG8B with the double update alone, VGG11B), seed 42,
+# first EPOCHS epochs (15-25 minutes per epoch and run on 2 cores); needs NITRO_DATA with CIFAR-10.
+reproduce-cifar: install
+	scripts/reproduce-cifar.sh $(EPOCHS) results/vgg
 
 # What each reference behaviour (compat switch) does to a reduced VGG8B on MNIST (minutes); needs NITRO_DATA.
 ablation: install

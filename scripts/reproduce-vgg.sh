@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EPOCHS=${1:?number of epochs} OUT=${2:-results/vgg}
 printf '%s\n' "vgg8b_mnist paper 42" "vgg8b_fashion paper 42" | scripts/run-paper-rows.sh "$OUT" "$EPOCHS"
-"${NITRO:-.venv/bin/nitro}" report "runs=[$OUT/vgg8b_mnist,$OUT/vgg8b_fashion]" "out=$OUT"
+"${NITRO:-.venv/bin/nitro}" report "runs=$OUT" "out=$OUT"  # every run in OUT, the CIFAR-10 ones too

@@ -48,6 +48,14 @@ def test_run_paper_rows_trains_extends_and_keeps_finished_runs(tmp_path: Path) -
                          env=env, timeout=300)
     assert bad.returncode != 0 and "FAILED: nope_row paper seed 42" in bad.stderr
     assert f"see {tmp_path}/out/logs/nope_row-paper-42.log" in bad.stderr
+    variant = subprocess.run([str(SCRIPTS / "run-paper-rows.sh"), str(tmp_path / "out"), "1"],
+                             input="mlp1_mnist paper 42 reference compat=reference\n", capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert variant.returncode == 0, variant.stderr
+    ref = tmp_path / "out/mlp1_mnist/paper-reference/0"
+    assert json.loads((ref / "summary.json").read_text())["compat"]["name"] == "reference"
+    assert "wrapped_loss_errors" in (ref / "metrics.csv").read_text().splitlines()[0]
+    assert (tmp_path / "out/logs/mlp1_mnist-paper-reference-42.log").is_file()
 
 
 def test_head_error_tables_every_block_of_a_checkpoint(tiny_run: Path) -> None:
