@@ -408,7 +408,7 @@ def _c_versions() -> list[list[str]]:
         flags.append(["-DNITRO_ISA_MAX=0"])
         if "avx2" in cpu:
             flags.append(["-DNITRO_ISA_MAX=1"])
-        if {"avx512vnni", "avx512bw", "avx512vl"} <= cpu:
+        if {"avx512_vnni", "avx512bw", "avx512vl"} <= cpu:  # /proc/cpuinfo spelling
             flags.append(["-DNITRO_ISA_MAX=2"])
     return flags
 
