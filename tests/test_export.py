@@ -649,13 +649,19 @@ def test_export_bench_script_reports_identical_logits(mlp1_run: Path, tmp_path: 
     needs_cc()
     ckpt = mlp1_run / "checkpoints/last.npz"
     res = subprocess.run([sys.executable, str(SCRIPTS / "export_bench.py"), str(ckpt), "--n", "300",
-                          "--repeats", "1", "--out", str(tmp_path / "bench")],
+                          "--repeats", "1", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
                          capture_output=True, text=True, env=nitro_env(), timeout=300)
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
-    paths = [r for r in rows if "path" in r]
-    assert len(paths) == 3 and all(r["identical_logits"] == 300 for r in paths)
-    assert len({r["accuracy"] for r in paths}) == 1 and all(r["images_per_s"] > 0 for r in paths)
+    assert [r["path"].split(" (")[0] for r in rows] == ["nitro eval", "ONNX Runtime", "C driver", "C driver",
+                                                        "C driver"]
+    assert all(r["identical_logits"] == 300 and r["images_per_s"] > 0 for r in rows)
+    assert len({r["accuracy"] for r in rows}) == 1
+    c = rows[2]
+    assert c["binary_bytes"] > 0 and c["compile_s"] > 0 and c["memory"]["flash_weight_bytes"] > 0
+    saved = json.loads((tmp_path / "out" / "export_bench.json").read_text())
+    assert len(saved["rows"]) == 5 and saved["machine"]["cpu"]
+    assert "| C driver (cc -O2) |" in (tmp_path / "out" / "export_bench.md").read_text()
 
 
 @pytest.mark.slow
