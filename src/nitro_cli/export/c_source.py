@@ -21,7 +21,7 @@ How a product runs, and why it is exact (every bound is checked here and written
   of small weights costs one pass and only the rows that need a third limb pay for it.
 - A limb row and the layer's input (a conv's 3x3 patch in (ky, kx, c) order, or the input vector) are dot
   products of uint8 x int8 terms of at most 255 * 128 each, summed in int32_t: |sum| <= K * 255 * 128,
-  below 2^31 for any fan-in K up to 65,793 (VGG11B's largest is 4,608). The shift's contribution,
+  below 2^31 for any fan-in K up to 65,536 (VGG11B's largest is 4,608). The shift's contribution,
   128 * (sum of the limb row), is a constant per row, subtracted exactly in int32_t (`nitro_c_<layer>`).
 - The exact limb sums s_i (|s_i| <= K * 128 * max|L_i|) are combined by Horner's rule, z = s_0 + 256 *
   (s_1 + 256 * ...), in int32_t where the sum of those bounds times 256^i fits, else in int64_t, where it
@@ -60,7 +60,7 @@ C_FILES = (HEADER, WEIGHTS_HEADER, WEIGHTS, MODEL, DRIVER_FILE)
 MODEL_SOURCES = (MODEL, WEIGHTS)  # the model without the driver (what a firmware links)
 SHIFT = 128  # uint8 activation = int8 value + SHIFT
 U8_MAX = 255
-MAX_FAN_IN = INT32_MAX // (U8_MAX * ACT_BOUND)  # 65,793: K * 255 * 128 < 2^31
+MAX_FAN_IN = 2**16  # K * 255 * 128 < 2^31 (limb sums) and 128 * 256 * K <= 2^31 (nitro_scale_int64)
 ROW_ALIGN = 32  # values; a multiple of every vector width the loops are vectorized with
 LITERAL_MAX = 4095  # characters of a string literal C99 compilers must accept
 PIXELS = 8  # output pixels per pass over a block of weight rows (their dot products share the row's loads)
@@ -328,11 +328,22 @@ static void nitro_maxpool(const uint8_t *in, uint8_t *out, int32_t c, int32_t h,
 
 
 def _scale_function(zt: str) -> str:
-    return (f"/* NITRO Scaling: clip(trunc(z / d), -127, 127); C99 division truncates toward zero. */\n"
-            f"static int32_t nitro_scale_{zt[:-2]}({zt} z, {zt} d)\n"
+    if zt == "int32_t":
+        return ("/* NITRO Scaling: clip(trunc(z / d), -127, 127); C99 division truncates toward zero. */\n"
+                "static int32_t nitro_scale_int32(int32_t z, int32_t d)\n"
+                "{\n"
+                "    int32_t q = z / d;\n"
+                "    return q > 127 ? 127 : (q < -127 ? -127 : q);\n"
+                "}\n")
+    return ("/* NITRO Scaling of an int64_t sum: clip(trunc(z / d), -127, 127). z is first clamped to\n"
+            " * +-(128 d - 1), which changes no result (trunc((128 d - 1) / d) = 127) and brings it into\n"
+            " * int32_t (128 d <= 2^31 for every fan-in up to 65,536): it divides in 32 bits. */\n"
+            "static int32_t nitro_scale_int64(int64_t z, int32_t d)\n"
             "{\n"
-            f"    {zt} q = z / d;\n"
-            "    return (int32_t)(q > 127 ? 127 : (q < -127 ? -127 : q));\n"
+            "    int64_t m = (int64_t)d * 128 - 1;\n"
+            "    if (z > m) z = m;\n"
+            "    else if (z < -m) z = -m;\n"
+            "    return (int32_t)z / d;\n"
             "}\n")
 
 
