@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 
 from nitro_cli import __version__  # noqa: E402
 from nitro_cli.data import load_dataset  # noqa: E402
+from nitro_cli.engine import cpu_flags  # noqa: E402
 from nitro_cli.export import export_checkpoint, load_for_export  # noqa: E402
 from nitro_cli.export import verify as V  # noqa: E402
 from nitro_cli.export.card import source_commit  # noqa: E402
@@ -62,20 +63,11 @@ def _lscpu_model() -> str:
                 "unknown")
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-                    []))
-
-
 def c_dispatch() -> str:
     """The version of the layers the C export's dispatch picks here (its own test of the CPU, in Python)."""
     if platform.machine() not in ("x86_64", "AMD64"):
         return "portable"
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if {"avx512_vnni", "avx512bw", "avx512vl"} <= flags:  # /proc/cpuinfo spelling
         return "AVX-512 VNNI"
     return "AVX2" if "avx2" in flags else "SSE2"

@@ -18,6 +18,7 @@ import pytest
 
 from conftest import nitro_cmd, nitro_env
 from nitro_cli.data import load_dataset
+from nitro_cli.engine import cpu_flags
 from nitro_cli.export import (
     balanced_limbs,
     build_plan,
@@ -390,21 +391,12 @@ def test_c_export_has_no_floating_point_and_compiles_cleanly(vgg_run: Path, nitr
     assert float_in_c('const uint8_t w[1][8] = {"1.5e3"};', data_strings=True) is None
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-                    []))
-
-
 def _c_versions() -> list[list[str]]:
     """Build flags of every version of the layers this machine runs: the portable one, and with gcc on
     x86-64 each dispatch cap the CPU supports."""
     flags = [["-DNITRO_PORTABLE"]]
     if platform.machine() in ("x86_64", "AMD64"):
-        cpu = _cpu_flags()
+        cpu = cpu_flags()
         flags.append(["-DNITRO_ISA_MAX=0"])
         if "avx2" in cpu:
             flags.append(["-DNITRO_ISA_MAX=1"])

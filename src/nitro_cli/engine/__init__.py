@@ -1,7 +1,7 @@
 """The integer engine: array backends, host RNG streams and exact integer kernels."""
 
 from .backend import BACKENDS, BackendUnavailable, array_module, get_backend, to_host
-from .host import keep_freed_memory
+from .host import cpu_flags, keep_freed_memory
 from .kernels import (
     GemmPlan,
     IntegerOverflowError,
@@ -43,6 +43,7 @@ __all__ = [
     "conv2d_weight_grad",
     "conv2d_weight_grad_exact",
     "conv2d_weight_grad_nhwc",
+    "cpu_flags",
     "gemm_path",
     "gemm_plan",
     "keep_freed_memory",

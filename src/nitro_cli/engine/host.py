@@ -1,4 +1,4 @@
-"""Host memory behaviour that the engine's speed depends on."""
+"""What the engine's speed and kernel choices depend on in the host: memory behaviour, threads, CPU flags."""
 
 from __future__ import annotations
 
@@ -37,3 +37,13 @@ def cpu_threads() -> int:
         if value.isdigit() and int(value) > 0:
             return int(value)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as /proc/cpuinfo spells them (empty where it cannot be read): which int8
+    kernels exist (avx512_vnni, avx_vnni, amx_int8) decides what is exact and fast."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from .backend import BackendUnavailable
+from .host import cpu_flags
 
 SAFE_BITS = 7
 VNNI_BITS = 8
@@ -217,12 +218,7 @@ def digit_bits() -> int:
 
 
 def _cpu_has_vnni() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
 def _worst_case_exact(bits: int, library: str) -> bool:

@@ -54,9 +54,9 @@ def legend_lines(groups: list[Group]) -> list[str]:
     for p in sorted({g.protocol for g in groups}):
         lines.append(f"  {p}: {PROTOCOL_NOTES[p]}")
     lines.append("Δ = our best-test mean minus the paper's mean, in percentage points, for runs whose config "
-                 "is the paper row's preset (only the seed, engine, data root and epoch budget may differ, and "
-                 "the arithmetic may be a shipped compat preset, shown in the Compat column); a run that "
-                 "changes anything else is marked modified and not compared.")
+                 "is the paper row's preset (only the seed, engine, data root and epoch budget may differ, "
+                 "and the arithmetic may be a shipped compat preset, shown in the Compat column); a run "
+                 "that changes anything else is marked modified and not compared.")
     return lines
 
 
