@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,8 @@ import yaml
 
 from conftest import TINY, nitro_cmd, nitro_env
 from nitro_cli.errors import NitroError
-from nitro_cli.track import check_loggers
+from nitro_cli.runner.checkpoint import atomic_write_text
+from nitro_cli.track import Place, Trackers, check_loggers
 
 for _package in ("tensorboardX", "mlflow", "tensorboard"):
     pytest.importorskip(_package, reason="the tracking extra: pip install -e '.[dev]'")
@@ -100,14 +102,14 @@ def _tb_hparams(ea: EventAccumulator) -> dict[str, Any]:
 
 
 def _check_tensorboard(log_dir: Path, run_dir: Path) -> None:
-    """Each epoch's metrics.csv row at step = epoch, samples_per_s, the summary and the hyperparameters."""
+    """Each epoch's metrics.csv row at step = epoch (nothing else per epoch), the summary, the hparams."""
     rows, summary = _csv(run_dir), json.loads((run_dir / "summary.json").read_text())
     ea = _tb(log_dir)
+    assert {k for k in ea.Tags()["scalars"] if not k.startswith("summary/")} == set(rows[0]) - {"epoch"}
     for column in rows[0]:
         if column != "epoch":
             got = [(s.step, s.value) for s in ea.Scalars(column)]
             assert got == [(int(r["epoch"]), pytest.approx(r[column], rel=1e-6)) for r in rows], column
-    assert [s.step for s in ea.Scalars("samples_per_s")] == [int(r["epoch"]) for r in rows]
     for key in SUMMARY_NUMBERS:
         [point] = ea.Scalars(f"summary/{key}")
         assert (point.step, point.value) == (summary["epochs_run"], pytest.approx(summary[key], rel=1e-6))
@@ -134,11 +136,12 @@ def _check_mlflow(db: Path, run: Any, run_dir: Path) -> None:
     client = MlflowClient(f"sqlite:///{db}")
     rows, summary = _csv(run_dir), json.loads((run_dir / "summary.json").read_text())
     run_id = run.info.run_id
+    per_epoch = {k for k in run.data.metrics if not k.startswith("summary/")}
+    assert per_epoch == set(rows[0]) - {"epoch"}  # a metrics.csv row and nothing else
     for column in rows[0]:
         if column != "epoch":
             history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, column))
             assert history == [(int(r["epoch"]), r[column]) for r in rows], column
-    assert sorted(m.step for m in client.get_metric_history(run_id, "samples_per_s")) == [1, 2, 3]
     for key in SUMMARY_NUMBERS:
         assert run.data.metrics[f"summary/{key}"] == summary[key], key
     expected = {k: v if isinstance(v, str) else json.dumps(v) for k, v in _expected_hparams(run_dir).items()}
@@ -225,6 +228,45 @@ def test_a_resumed_run_continues_its_records_with_no_epoch_twice(sig: signal.Sig
     steps = _tb_steps(log_dir)
     if sig == signal.SIGTERM:  # a clean stop: no epoch is written twice at all
         assert len(steps) == len(set(steps))
+
+
+def test_an_epoch_a_kill_kept_from_the_trackers_is_caught_up_as_if_logged_live(tmp_path: Path,
+                                                                              empty_store: Path) -> None:
+    """SIGKILL can land after an epoch's metrics.csv row and before its tracker calls; the next session logs
+    that epoch from the row. Both trackers must then hold exactly what an uninterrupted run's hold."""
+    header = ["epoch", "train_loss", "test_accuracy", "seconds"]
+    rows: list[list[Any]] = [[e, 10.0 / e, 0.1 * e, 1.5 + e] for e in (1, 2, 3)]
+    summary = {"experiment": "x", "seed": 1, "group": "g", "trainer": "paper", "compat": {"name": "exact"},
+               "status": "interrupted"}
+    loggers = {"mlflow": {"tracking_uri": None}, "tensorboard": {"save_dir": None}}
+    log = logging.getLogger("test_tracking")
+
+    def session(run_dir: Path, csv_rows: list[list[Any]], live: list[list[Any]], end: bool) -> None:
+        trackers = Trackers(loggers, Place(run_dir), log, atomic_write_text)
+        trackers.start(header, csv_rows, {"seed": 1}, summary)
+        for row in live:
+            trackers.log_epoch(row)
+        if end:
+            trackers.finish(summary)
+
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    for folder in (uninterrupted, killed):
+        _with_store(folder, empty_store)
+    session(uninterrupted, [], rows, end=True)
+    session(killed, [], rows[:1], end=False)  # killed after epoch 2's row, before its tracker calls
+    session(killed, rows[:2], rows[2:], end=True)
+
+    def held(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
+        [run] = _mlflow_runs(run_dir / "mlflow.db")
+        client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+        mlflow = {k: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
+                  for k in run.data.metrics}
+        ea = _tb(run_dir / "tensorboard")
+        tensorboard = {k: [(s.step, s.value) for s in ea.Scalars(k)] for k in ea.Tags()["scalars"]}
+        return mlflow, tensorboard
+
+    assert held(killed) == held(uninterrupted)
+    assert sorted(held(killed)[0]) == sorted(header[1:])
 
 
 @pytest.mark.parametrize("logger, setting, failing", [

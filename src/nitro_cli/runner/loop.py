@@ -535,7 +535,7 @@ def _end_epoch(run: _Run, epoch: int, model: NitroNet, opt: IntegerSGD, plateau:
         run.epoch, run.best, run.train_seconds, run.samples = before
         raise
     run.write_summary()
-    run.trackers.log_epoch(row, acc["n"] / max(acc["seconds"], 1e-9))
+    run.trackers.log_epoch(row)
     val = "" if val_acc is None else f"  val {val_acc:.2%}"
     heads = " ".join(f"{a:.1%}" for a in test.head_accuracies)
     display.line(f"epoch {epoch}/{t['max_epochs']}  loss {train_loss:.3f}  train {train_acc:.2%}{val}  "

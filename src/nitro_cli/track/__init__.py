@@ -176,10 +176,11 @@ class Trackers:
             self.active.append(tracker)
         self._save_state()
 
-    def log_epoch(self, row: list[Any], samples_per_s: float) -> None:
+    def log_epoch(self, row: list[Any]) -> None:
+        """One metrics.csv row and nothing else: an epoch caught up after a kill reads like a live one."""
         if not self.active:
             return
-        metrics = {**epoch_metrics(self.header, row), "samples_per_s": samples_per_s}
+        metrics = epoch_metrics(self.header, row)
         for tracker in list(self.active):
             self._call(tracker, tracker.log_epoch, int(row[0]), metrics)
         self._save_state()

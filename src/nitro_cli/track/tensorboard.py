@@ -42,9 +42,9 @@ class TensorBoardTracker(Tracker):
             held = min(int(previous.get("epochs", 0)), epochs_done)
         self.epochs = held or 0
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        # A file of its own per session: tensorboardX names files by the second, and a second session in the
-        # same second would overwrite the first's.
-        self.writer = EventsWriter(str(self.log_dir / "events"), f".{os.getpid()}")
+        # A file of its own per session, in the order the sessions ran: tensorboardX names files by the
+        # second, and a second session in the same second would overwrite the first's (or sort before it).
+        self.writer = EventsWriter(str(self.log_dir / "events"), f".{time.time_ns():020d}.{os.getpid()}")
         if held is not None:
             # Continuing: TensorBoard hides whatever an earlier session logged from this step on, e.g. an
             # epoch logged just before a crash, that tracking.json did not count yet, and is logged again.
