@@ -1,5 +1,5 @@
-"""The committed MLP results predate the CNN fidelity fix (amp, dropout placement); MLP1-3 have neither conv
-blocks nor dropout, so a rerun must give their committed metrics rows again, bit for bit."""
+"""The committed results are what the code makes: a paper MLP1 run retrained now must give the committed
+metrics rows again, bit for bit (a change to the engine, data order or protocol that alters them fails)."""
 
 from __future__ import annotations
 
